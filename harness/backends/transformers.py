@@ -1,0 +1,294 @@
+"""transformers backend: hub ids, local folders and GGUF files; CPU or GPU; exact token-id scoring."""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.backends import identity as ident_mod
+from harness.backends import packs
+from harness.backends.base import STATS
+from harness.errors import UserError
+from harness.records import GenRequest, Generation, ModelIdentity, ScoreRequest, ScoreResult, Usage
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Where the weights are: a folder, optionally with a GGUF file name inside it."""
+
+    folder: Path
+    gguf_file: str | None
+    name: str
+    revision: str
+    chat_template: str | None
+    context_length: int | None
+
+
+def resolve(backend: str, name: str, dtype: str, revision: str | None, field: str = "model") -> Resolved:
+    """Map `gguf/<alias|path>` or `hf/<folder|hub id>` to files, without loading weights."""
+    if backend == "gguf":
+        if name in packs.PACKS:
+            if not packs.is_present(name):
+                raise UserError(f"{field}: model pack '{name}' is not fetched; run `harness models fetch {name}`")
+            path = packs.gguf_path(name)
+            sha = packs.PACKS[name].sha256
+            st = packs.safetensors_dir(name)
+            meta = ident_mod.gguf_metadata(path)
+            if dtype == "bfloat16" and (st / "config.json").exists():
+                # the bf16 copy holds the same dequantised weights; it loads in seconds
+                return Resolved(st, None, name, "sha256:" + sha, meta["chat_template"], meta["context_length"])
+            return Resolved(path.parent, path.name, name, "sha256:" + sha, meta["chat_template"], meta["context_length"])
+        path = Path(name).expanduser()
+        if not (path.is_file() and path.suffix == ".gguf"):
+            raise UserError(
+                f"{field}: 'gguf/{name}' is neither a pack alias ({', '.join(packs.PACKS)}) nor an existing .gguf file; "
+                "fix the path or run `harness models list`"
+            )
+        meta = ident_mod.gguf_metadata(path)
+        return Resolved(path.parent, path.name, str(path.resolve()), "sha256:" + ident_mod.file_sha256(path),
+                        meta["chat_template"], meta["context_length"])
+    # hf
+    path = Path(name).expanduser()
+    if path.is_dir():
+        folder = path
+        rev = ident_mod.folder_revision(folder)
+        disp = str(path.resolve())
+    else:
+        if name.startswith((".", "/", "~")) or name.count("/") > 1:
+            raise UserError(f"{field}: local folder '{name}' does not exist; fix the path")
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        try:
+            folder = Path(snapshot_download(name, revision=revision, local_files_only=offline))
+        except LocalEntryNotFoundError:
+            raise UserError(
+                f"{field}: hub model '{name}' is not in the local Hugging Face cache and HF_HUB_OFFLINE=1; "
+                "download it first or use a local folder / gguf pack"
+            ) from None
+        except Exception as e:  # noqa: BLE001 - any hub failure is a bad model spec for the user
+            raise UserError(f"{field}: cannot fetch hub model '{name}': {type(e).__name__}; check the id") from None
+        rev = "commit:" + folder.name
+        disp = name
+    return Resolved(folder, None, disp, rev, ident_mod.folder_chat_template(folder), ident_mod.folder_context_length(folder))
+
+
+def _torch_dtype(dtype: str):
+    import torch
+
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "auto": "auto"}[dtype]
+
+
+class TransformersBackend:
+    """A causal LM through transformers. Loads lazily; `close()` frees it."""
+
+    def __init__(self, backend: str, name: str, *, dtype: str = "bfloat16", device: str = "auto",
+                 batch_size: int = 4, revision: str | None = None, trust_remote_code: bool = False,
+                 context_window: int | None = None, field: str = "model"):
+        self.kind = backend
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self.trust_remote_code = trust_remote_code
+        self.res = resolve(backend, name, dtype, revision, field)
+        self._context_window = context_window or self.res.context_length
+        self._device_req = device
+        self.tokenizer: Any = None
+        self.model: Any = None
+
+    # ---- identity and metadata (no weights) ----
+    def identity(self) -> ModelIdentity:
+        return ModelIdentity(self.kind, self.res.name, self.res.revision, self.dtype,
+                             ident_mod.template_hash(self.res.chat_template))
+
+    @property
+    def context_window(self) -> int | None:
+        return self._context_window
+
+    # ---- loading ----
+    def _load_tokenizer(self) -> None:
+        if self.tokenizer is not None:
+            return
+        from transformers import AutoTokenizer
+
+        kw: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
+        if self.res.gguf_file:
+            kw["gguf_file"] = self.res.gguf_file
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.res.folder), **kw)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    def _load(self) -> None:
+        if self.model is not None:
+            return
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self._load_tokenizer()
+        device = self._device_req
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        kw: dict[str, Any] = {"dtype": _torch_dtype(self.dtype), "trust_remote_code": self.trust_remote_code}
+        if self.res.gguf_file:
+            kw["gguf_file"] = self.res.gguf_file
+        t = time.time()
+        self.model = AutoModelForCausalLM.from_pretrained(str(self.res.folder), **kw).to(device).eval()
+        self.device = device
+        self.load_seconds = time.time() - t
+        STATS["model_loads"] += 1
+        gc_ = self.model.generation_config
+        eos = gc_.eos_token_id if gc_.eos_token_id is not None else self.tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.eos_ids.add(self.tokenizer.eos_token_id)
+
+    def close(self) -> None:
+        if self.model is not None:
+            self.model = None
+            gc.collect()
+            try:
+                import torch
+
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            except ImportError:
+                pass
+
+    # ---- prompts ----
+    def _prompt_ids(self, messages: list[dict[str, str]] | None, prompt: str | None) -> list[int]:
+        self._load_tokenizer()
+        if messages:
+            if self.res.chat_template is None and not getattr(self.tokenizer, "chat_template", None):
+                raise UserError(
+                    f"model '{self.res.name}' has no chat template; use a raw `prompt` request or an instruct model"
+                )
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(prompt or "", add_special_tokens=True)["input_ids"]
+
+    def count_prompt_tokens(self, request: GenRequest) -> int | None:
+        return len(self._prompt_ids(request.message_dicts() or None, request.prompt))
+
+    def count_tokens(self, text: str) -> int | None:
+        self._load_tokenizer()
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def truncate_text(self, text: str, n_tokens: int) -> str:
+        self._load_tokenizer()
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][: max(n_tokens, 0)]
+        return self.tokenizer.decode(ids)
+
+    # ---- generate ----
+    def generate(self, requests: list[GenRequest]) -> list[Generation]:
+        import torch
+        from transformers import GenerationConfig
+
+        if not requests:
+            return []
+        self._load()
+        STATS["generate_calls"] += 1
+        STATS["generate_requests"] += len(requests)
+        prompts = [self._prompt_ids(r.message_dicts() or None, r.prompt) for r in requests]
+        out: list[Generation | None] = [None] * len(requests)
+        # batch requests with identical params (seed included) so sampling is reproducible per batch
+        order = sorted(range(len(requests)), key=lambda i: (repr(requests[i].params), len(prompts[i])))
+        batches: list[list[int]] = []
+        for i in order:
+            if batches and len(batches[-1]) < self.batch_size and requests[batches[-1][0]].params == requests[i].params:
+                batches[-1].append(i)
+            else:
+                batches.append([i])
+        pad = self.tokenizer.pad_token_id
+        for b in batches:
+            p = requests[b[0]].params
+            width = max(len(prompts[i]) for i in b)
+            ids = torch.full((len(b), width), pad, dtype=torch.long)
+            att = torch.zeros((len(b), width), dtype=torch.long)
+            for r, i in enumerate(b):  # left padding
+                n = len(prompts[i])
+                ids[r, width - n:] = torch.tensor(prompts[i])
+                att[r, width - n:] = 1
+            cfg = GenerationConfig(
+                max_new_tokens=p.max_new_tokens,
+                do_sample=p.temperature > 0,
+                temperature=p.temperature if p.temperature > 0 else None,
+                top_p=p.top_p if p.temperature > 0 and p.top_p < 1 else None,
+                top_k=p.top_k if p.temperature > 0 and p.top_k > 0 else None,
+                eos_token_id=sorted(self.eos_ids),
+                pad_token_id=pad,
+                return_dict_in_generate=True,
+                output_logits=p.logprobs,
+            )
+            torch.manual_seed(p.seed)
+            t = time.time()
+            with torch.inference_mode():
+                res = self.model.generate(input_ids=ids.to(self.device), attention_mask=att.to(self.device),
+                                          generation_config=cfg)
+            dt = (time.time() - t) / len(b)
+            seqs = res.sequences[:, width:].tolist()
+            for r, i in enumerate(b):
+                toks: list[int] = []
+                finish = "length"
+                for tok in seqs[r]:
+                    toks.append(tok)
+                    if tok in self.eos_ids:
+                        finish = "stop"
+                        break
+                lps = None
+                if p.logprobs:
+                    lps = [float(torch.log_softmax(res.logits[k][r].float(), -1)[tok]) for k, tok in enumerate(toks)]
+                text = self.tokenizer.decode(toks, skip_special_tokens=True)
+                for s in p.stop:
+                    if s and s in text:
+                        text = text[: text.index(s)]
+                        finish = "stop"
+                out[i] = Generation(text=text, token_ids=toks, logprobs=lps, finish_reason=finish,
+                                    usage=Usage(len(prompts[i]), len(toks), dt))
+        return out  # type: ignore[return-value]
+
+    # ---- score ----
+    def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        import torch
+
+        if not requests:
+            return []
+        self._load()
+        STATS["score_calls"] += 1
+        STATS["score_requests"] += len(requests)
+        items = []
+        for r in requests:
+            pre = self._prompt_ids([{"role": a, "content": c} for a, c in r.messages] or None, r.prefix)
+            cont = list(r.continuation_ids) if r.continuation_ids is not None else \
+                self.tokenizer(r.continuation, add_special_tokens=False)["input_ids"]
+            items.append((pre, cont))
+        out: list[ScoreResult | None] = [None] * len(requests)
+        order = sorted(range(len(items)), key=lambda i: len(items[i][0]) + len(items[i][1]))
+        pad = self.tokenizer.pad_token_id
+        for s in range(0, len(order), self.batch_size):
+            b = order[s: s + self.batch_size]
+            seqs = [items[i][0] + items[i][1] for i in b]
+            width = max(len(x) for x in seqs)
+            ids = torch.full((len(b), width), pad, dtype=torch.long)
+            att = torch.zeros((len(b), width), dtype=torch.long)
+            for r, x in enumerate(seqs):  # right padding
+                ids[r, : len(x)] = torch.tensor(x)
+                att[r, : len(x)] = 1
+            t = time.time()
+            with torch.inference_mode():
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=att.to(self.device)).logits
+            dt = (time.time() - t) / len(b)
+            for r, i in enumerate(b):
+                pre, cont = items[i]
+                if not cont:
+                    out[i] = ScoreResult([], [], Usage(len(pre), 0, dt))
+                    continue
+                if not pre:
+                    out[i] = ScoreResult(cont, [], Usage(0, 0, 0.0), error="empty prefix: the first token has no context")
+                    continue
+                lp = torch.log_softmax(logits[r, len(pre) - 1: len(pre) + len(cont) - 1].float(), -1)
+                vals = lp.gather(1, torch.tensor(cont, device=lp.device)[:, None])[:, 0].tolist()
+                out[i] = ScoreResult(cont, vals, Usage(len(pre) + len(cont), 0, dt))
+        return out  # type: ignore[return-value]

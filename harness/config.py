@@ -1,0 +1,222 @@
+"""Pydantic models for run configs, YAML loading, and one-line error messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harness.errors import UserError
+
+BACKENDS = ("hf", "gguf", "openai", "vllm")
+ARMS = ("compressed", "full-context", "no-context", "gold-context")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    """One model role. `model` is a spec `backend/name`, e.g. `gguf/smollm2-135m`."""
+
+    model: str
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    device: str = "auto"
+    batch_size: int = Field(4, ge=1)
+    revision: str | None = None
+    trust_remote_code: bool = False
+    context_window: int | None = Field(None, ge=16)
+    # OpenAI-compatible servers
+    base_url: str | None = None
+    api_key_env: str | None = None
+    api: Literal["chat", "completions"] = "chat"
+    max_concurrency: int = Field(4, ge=1)
+    max_retries: int = Field(4, ge=0)
+    timeout_s: float = Field(120.0, gt=0)
+    scoring: Literal["echo", "vllm-prompt-logprobs", "off"] = "echo"
+    tokenizer: str | None = None  # local spec (gguf/alias, hf/folder) whose tokenizer and chat template to use
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _tok_spec(cls, v: str | None) -> str | None:
+        if v is not None and v.partition("/")[0] not in ("hf", "gguf"):
+            raise ValueError(f"'{v}' must be a local gguf/... or hf/... spec")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _spec(cls, v: str) -> str:
+        backend, sep, name = v.partition("/")
+        if not sep or not name:
+            raise ValueError(f"'{v}' is not a model spec; write backend/name with backend one of {', '.join(BACKENDS)}")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend '{backend}' in '{v}'; use one of {', '.join(BACKENDS)}")
+        return v
+
+    @property
+    def backend(self) -> str:
+        return self.model.partition("/")[0]
+
+    @property
+    def name(self) -> str:
+        return self.model.partition("/")[2]
+
+
+class Roles(_Strict):
+    compressor: ModelConfig | None = None
+    predictor: ModelConfig
+    scorer: ModelConfig | None = None
+    judge: ModelConfig | None = None
+
+
+class TaskConfig(_Strict):
+    name: str
+    size: int | None = Field(None, ge=1)
+    seed: int = 0
+    split: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Prompt(_Strict):
+    system: str | None = None
+    user: str
+
+
+DEFAULT_PROMPTS = {
+    "compressor": Prompt(
+        system="You are a careful assistant who summarises documents.",
+        user=(
+            "Read the context and write a short summary that keeps every fact needed to answer the question. "
+            "Do not answer the question.\n\nContext:\n{context}\n\nQuestion: {question}\n\nSummary:"
+        ),
+    ),
+    "predictor": Prompt(
+        system="You answer questions using only the information given.",
+        user="Information:\n{summary}\n\nQuestion: {question}\n{choices}\nAnswer briefly.",
+    ),
+    "full_context": Prompt(
+        system="You answer questions using only the information given.",
+        user="Information:\n{context}\n\nQuestion: {question}\n{choices}\nAnswer briefly.",
+    ),
+    "no_context": Prompt(
+        system="You answer questions.",
+        user="Question: {question}\n{choices}\nAnswer briefly.",
+    ),
+}
+
+_PLACEHOLDERS = {
+    "compressor": ({"question", "context"}, {"question", "context"}),
+    "predictor": ({"question", "summary"}, {"question", "summary", "choices"}),
+    "full_context": ({"question", "context"}, {"question", "context", "choices"}),
+    "no_context": ({"question"}, {"question", "choices"}),
+}
+
+
+class Prompts(_Strict):
+    compressor: Prompt = DEFAULT_PROMPTS["compressor"]
+    predictor: Prompt = DEFAULT_PROMPTS["predictor"]
+    full_context: Prompt = DEFAULT_PROMPTS["full_context"]
+    no_context: Prompt = DEFAULT_PROMPTS["no_context"]
+
+    @model_validator(mode="after")
+    def _check_placeholders(self) -> Prompts:
+        import string
+
+        for role, (required, allowed) in _PLACEHOLDERS.items():
+            p: Prompt = getattr(self, role)
+            found = {f for _, f, _, _ in string.Formatter().parse(p.user) if f}
+            missing = required - found
+            extra = found - allowed
+            if missing:
+                raise ValueError(f"prompts.{role}.user must contain {{{sorted(missing)[0]}}}")
+            if extra:
+                raise ValueError(f"prompts.{role}.user has unknown placeholder {{{sorted(extra)[0]}}}; allowed: {sorted(allowed)}")
+        return self
+
+
+class Generation(_Strict):
+    max_new_tokens: int = Field(128, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+
+
+class GenerationSettings(_Strict):
+    compressor: Generation = Generation(max_new_tokens=128)
+    predictor: Generation = Generation(max_new_tokens=24)
+
+
+class Output(_Strict):
+    dir: str = "results/{name}"
+    cache: str | None = "results/cache.sqlite"
+
+
+class RunConfig(_Strict):
+    """A whole run: roles, task, prompts, generation, arms, seeds and output."""
+
+    name: str = "run"
+    task: TaskConfig
+    models: Roles
+    arms: list[Literal["compressed", "full-context", "no-context", "gold-context"]] = ["compressed"]
+    prompts: Prompts = Prompts()
+    generation: GenerationSettings = GenerationSettings()
+    overflow: Literal["error", "truncate"] = "error"
+    seed: int = 0
+    output: Output = Output()
+
+    @model_validator(mode="after")
+    def _roles_for_arms(self) -> RunConfig:
+        if "compressed" in self.arms and self.models.compressor is None:
+            raise ValueError("arms includes 'compressed' but models.compressor is not set; add a compressor or drop the arm")
+        if not self.arms:
+            raise ValueError("arms is empty; list at least one of " + ", ".join(ARMS))
+        return self
+
+    def output_dir(self) -> Path:
+        return Path(self.output.dir.format(name=self.name))
+
+
+def _format_error(e: ValidationError, source: str) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"{source}: unknown field '{loc}'; check its spelling or remove it"
+    if kind == "missing":
+        return f"{source}: missing required field '{loc}'; add it"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{source}: field '{loc}': {msg}"
+
+
+def parse_config(data: Any, source: str = "config") -> RunConfig:
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: expected a YAML mapping at the top level")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise UserError(_format_error(e, source)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read and validate a YAML run config; errors become one-line UserErrors."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"config file '{p}' not found; pass the path of a YAML config (see configs/)")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{p}: invalid YAML{where}; fix the syntax") from None
+    if overrides:
+        data = _deep_merge(data or {}, overrides)
+    return parse_config(data, str(p))
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

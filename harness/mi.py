@@ -1,0 +1,404 @@
+"""Pure mutual-information estimators for compressor–predictor systems.
+
+Follows He et al. 2025, "An Information Theoretic Perspective on Agentic System Design": the information a
+compression Z carries about its context X (given a question Q) is estimated from a cross-scoring tensor
+
+    logp[i, j, l] = ln p(z_ij | x_l, q),
+
+the log-probability of the j-th of M compressions sampled from context i, scored under context l. With X uniform
+over the N drawn contexts the marginal p(z | q) = (1/N) Σ_l p(z | x_l, q) is known exactly for every sampled z, so
+
+    Î = (1/NM) Σ_ij [ln p(z_ij | x_i) − ln (1/N) Σ_l p(z_ij | x_l)]
+
+is an *unbiased* Monte Carlo estimate of the MI with X uniform over the drawn set ("drawn-set MI"), and, as an
+estimate of the population MI (contexts i.i.d. from the task distribution), it is the InfoNCE-style lower bound:
+biased downward and never above log2 N. A saturated estimate (terms at log2 N) therefore means "at least this much".
+
+Also contains the information-bottleneck terms of Zhu et al. (ACL 2024) and an exact discrete-channel MI used for
+validation. Only numpy/scipy/stdlib; nothing here knows about models. Inputs are in nats, outputs in bits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.special import logsumexp
+
+__all__ = [
+    "GroupedMIEstimate",
+    "MIEstimate",
+    "bits_per_token",
+    "conciseness_bits",
+    "correctness_bits",
+    "estimate_mi",
+    "estimate_mi_groups",
+    "exact_mi_bits",
+    "ib_score",
+]
+
+LN2 = math.log(2.0)
+_CI_LEVEL = 0.95
+# Float slack allowed above log2 N before clipping (anything larger is a bug, not rounding).
+_LOG2N_SLACK_BITS = 1e-9
+
+
+def _json_float(x: float) -> float | None:
+    """A plain float, or None for a non-finite value (strict JSON has no inf/NaN)."""
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+@dataclass(frozen=True)
+class MIEstimate:
+    """I(X; Z | q) for one question, in bits.
+
+    bits: point estimate (mean pointwise term); never above log2_n.
+    ci: 95% percentile bootstrap interval over contexts (rows), see `estimate_mi`.
+    pointwise_bits: (N, M) terms ln[p(z_ij|x_i) / p̂(z_ij)] / ln 2.
+    upper_bits: leave-one-out estimate (marginal over l != i); +inf when some z has zero probability under every
+        other context. It is an upper bound on the population MI only when `upper_is_bound`.
+    upper_is_bound: True only if the scorer is the model that sampled the compressions, with plain sampling.
+    saturated_fraction: share of pointwise terms within the tolerance of log2 N ("at least this much").
+    """
+
+    bits: float
+    ci: tuple[float, float]
+    pointwise_bits: np.ndarray = field(repr=False)
+    upper_bits: float
+    upper_is_bound: bool
+    saturated_fraction: float
+    n_contexts: int
+    n_samples: int
+    log2_n: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (plain floats/lists; a non-finite `upper_bits` becomes None, meaning +inf)."""
+        return {
+            "bits": float(self.bits),
+            "ci": [float(self.ci[0]), float(self.ci[1])],
+            "pointwise_bits": np.asarray(self.pointwise_bits, dtype=float).tolist(),
+            "upper_bits": _json_float(self.upper_bits),
+            "upper_is_bound": bool(self.upper_is_bound),
+            "saturated_fraction": float(self.saturated_fraction),
+            "n_contexts": int(self.n_contexts),
+            "n_samples": int(self.n_samples),
+            "log2_n": float(self.log2_n),
+        }
+
+
+@dataclass(frozen=True)
+class GroupedMIEstimate:
+    """I(X; Z | Q) over several questions: term-weighted mean of per-question estimates, in bits.
+
+    weights: per-group weights N_g·M_g (the number of pointwise terms), normalised to sum to 1, so `bits` equals
+        the mean of all pointwise terms pooled across groups.
+    ci: 95% two-stage bootstrap interval (groups, then contexts within each resampled group).
+    upper_bits, saturated_fraction: the same weighting applied to the per-group values.
+    """
+
+    bits: float
+    ci: tuple[float, float]
+    per_group: list[MIEstimate] = field(repr=False)
+    weights: tuple[float, ...]
+    upper_bits: float
+    upper_is_bound: bool
+    saturated_fraction: float
+    n_groups: int
+    n_terms: int
+
+    def to_dict(self, *, include_pointwise: bool = False) -> dict[str, Any]:
+        """JSON-friendly dict; per-group pointwise arrays are dropped unless `include_pointwise`."""
+        groups = []
+        for g in self.per_group:
+            d = g.to_dict()
+            if not include_pointwise:
+                d.pop("pointwise_bits")
+            groups.append(d)
+        return {
+            "bits": float(self.bits),
+            "ci": [float(self.ci[0]), float(self.ci[1])],
+            "per_group": groups,
+            "weights": [float(w) for w in self.weights],
+            "upper_bits": _json_float(self.upper_bits),
+            "upper_is_bound": bool(self.upper_is_bound),
+            "saturated_fraction": float(self.saturated_fraction),
+            "n_groups": int(self.n_groups),
+            "n_terms": int(self.n_terms),
+        }
+
+
+def _validate_logp(logp: np.ndarray) -> np.ndarray:
+    """Check shape (N, M, N), N >= 2, M >= 1, no NaN/+inf, finite diagonal; return a float64 array."""
+    a = np.asarray(logp, dtype=np.float64)
+    if a.ndim != 3:
+        raise ValueError(f"logp must be 3-D with shape (N, M, N); got ndim={a.ndim}, shape={a.shape}")
+    n, m, n2 = a.shape
+    if n != n2:
+        raise ValueError(f"logp must have shape (N, M, N) (axis 0 and 2 both index contexts); got {a.shape}")
+    if n < 2:
+        raise ValueError(f"need at least N=2 contexts to estimate MI; got N={n}")
+    if m < 1:
+        raise ValueError(f"need at least M=1 compression per context; got M={m}")
+    if np.isnan(a).any():
+        raise ValueError(f"logp contains NaN at {np.argwhere(np.isnan(a))[:5].tolist()} (first ≤5 indices)")
+    if np.isposinf(a).any():
+        raise ValueError(f"logp contains +inf at {np.argwhere(np.isposinf(a))[:5].tolist()} (first ≤5 indices)")
+    diag = _diagonal(a)
+    if np.isneginf(diag).any():
+        bad = np.argwhere(np.isneginf(diag))[:5].tolist()
+        raise ValueError(
+            "logp[i, j, i] is -inf (a sampled compression has zero probability under the context it was sampled "
+            f"from; the scores are inconsistent) at (i, j) = {bad} (first ≤5)"
+        )
+    return a
+
+
+def _diagonal(a: np.ndarray) -> np.ndarray:
+    """(N, M) array of own-context scores a[i, j, i]."""
+    idx = np.arange(a.shape[0])
+    return a[idx, :, idx]
+
+
+def _percentile_ci(reps: np.ndarray) -> tuple[float, float]:
+    """Percentile interval at `_CI_LEVEL` from bootstrap replicates."""
+    alpha = (1.0 - _CI_LEVEL) / 2.0
+    lo, hi = np.quantile(reps, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def _pointwise_bits(a: np.ndarray) -> np.ndarray:
+    """(N, M) pointwise terms in bits, clipped to log2 N (after asserting any excess is float rounding)."""
+    n = a.shape[0]
+    diag = _diagonal(a)
+    log_marg = logsumexp(a, axis=2) - math.log(n)  # ln (1/N) Σ_l p(z_ij | x_l)
+    pw = (diag - log_marg) / LN2
+    log2_n = math.log2(n)
+    excess = float(np.max(pw)) - log2_n
+    assert excess <= _LOG2N_SLACK_BITS, f"pointwise MI exceeds log2 N by {excess} bits; this is a bug"
+    return np.minimum(pw, log2_n)
+
+
+def _upper_pointwise_bits(a: np.ndarray) -> np.ndarray:
+    """(N, M) leave-one-out terms in bits: marginal over l != i; +inf where every other context gives -inf."""
+    n = a.shape[0]
+    diag = _diagonal(a)
+    off = a.copy()
+    idx = np.arange(n)
+    off[idx, :, idx] = -np.inf
+    log_marg = logsumexp(off, axis=2) - math.log(n - 1)
+    return (diag - log_marg) / LN2
+
+
+def _row_bootstrap(row_means: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap replicates of mean(row_means), resampling rows with replacement."""
+    n = row_means.shape[0]
+    idx = rng.integers(0, n, size=(n_boot, n))
+    return row_means[idx].mean(axis=1)
+
+
+def estimate_mi(
+    logp: np.ndarray,
+    *,
+    n_boot: int = 1000,
+    seed: int | np.random.SeedSequence = 0,
+    scorer_is_sampler: bool = False,
+    plain_sampling: bool = False,
+    saturation_tol_bits: float = 0.01,
+) -> MIEstimate:
+    """Estimate I(X; Z | q) in bits from a cross-scoring tensor `logp` of shape (N, M, N) in nats.
+
+    logp[i, j, l] = ln p(z_ij | x_l, q). NaN or +inf anywhere, or -inf on the diagonal logp[i, j, i], raise
+    ValueError; -inf off the diagonal (z impossible under another context) is fine.
+
+    Bootstrap: rows (contexts) are resampled with replacement and the replicate is the mean of the resampled
+    per-context means of the pointwise terms; the marginal is *not* recomputed over the resampled set. Each term
+    uses the exact drawn-set marginal, so the point estimate is unbiased for the drawn-set MI and its randomness
+    given the contexts comes only from sampling z, independently per row. Resampling rows estimates that variance
+    plus the between-context spread of the per-context KL terms, so the interval is conservative (validated at
+    >= 90% coverage of the drawn-set MI in tests/test_mi.py). Recomputing the marginal on each resample would let
+    duplicated contexts inflate their own marginal, biasing replicates downward and shifting the interval.
+    The interval does not cover the gap between drawn-set and population MI (the log2 N saturation bias).
+
+    upper_bits (leave-one-out marginal over l != i) is an upper bound on the population MI only when the scorer is
+    the model that sampled the compressions and sampling was plain (no temperature/top-p/constraints);
+    `upper_is_bound` records that.
+    """
+    a = _validate_logp(logp)
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1; got {n_boot}")
+    n, m, _ = a.shape
+    log2_n = math.log2(n)
+
+    pw = _pointwise_bits(a)
+    bits = float(pw.mean())
+    assert bits <= log2_n + _LOG2N_SLACK_BITS
+    bits = min(bits, log2_n)
+
+    rng = np.random.default_rng(seed)
+    reps = _row_bootstrap(pw.mean(axis=1), n_boot, rng)
+    lo, hi = _percentile_ci(reps)
+
+    up = _upper_pointwise_bits(a)
+    upper_bits = math.inf if np.isposinf(up).any() else float(up.mean())
+
+    saturated = float(np.mean(pw >= log2_n - saturation_tol_bits))
+    return MIEstimate(
+        bits=bits,
+        ci=(lo, hi),
+        pointwise_bits=pw,
+        upper_bits=upper_bits,
+        upper_is_bound=bool(scorer_is_sampler and plain_sampling),
+        saturated_fraction=saturated,
+        n_contexts=n,
+        n_samples=m,
+        log2_n=log2_n,
+    )
+
+
+def estimate_mi_groups(
+    groups: Sequence[np.ndarray],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    scorer_is_sampler: bool = False,
+    plain_sampling: bool = False,
+    saturation_tol_bits: float = 0.01,
+) -> GroupedMIEstimate:
+    """Estimate I(X; Z | Q) over several questions; each group is one question's (N_g, M_g, N_g) logp tensor.
+
+    The point estimate is the mean of per-group estimates weighted by N_g·M_g (number of pointwise terms), i.e.
+    the pooled mean of all terms. The interval is a two-stage bootstrap: draw G groups with replacement, then,
+    independently for every drawn group, resample its contexts with replacement (as in `estimate_mi`); the
+    replicate is the term-weighted mean of the drawn groups. Groups may differ in N and M.
+    """
+    if len(groups) == 0:
+        raise ValueError("estimate_mi_groups needs at least one group")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1; got {n_boot}")
+    ss = np.random.SeedSequence(seed)
+    group_ss = ss.spawn(len(groups) + 1)
+    per_group: list[MIEstimate] = []
+    for g, lp in enumerate(groups):
+        try:
+            est = estimate_mi(
+                lp,
+                n_boot=n_boot,
+                seed=group_ss[g],
+                scorer_is_sampler=scorer_is_sampler,
+                plain_sampling=plain_sampling,
+                saturation_tol_bits=saturation_tol_bits,
+            )
+        except ValueError as e:
+            raise ValueError(f"group {g}: {e}") from e
+        per_group.append(est)
+
+    n_terms_g = np.array([e.n_contexts * e.n_samples for e in per_group], dtype=np.float64)
+    w = n_terms_g / n_terms_g.sum()
+    bits = float(np.dot(w, [e.bits for e in per_group]))
+    upper_bits = float(np.dot(w, [e.upper_bits for e in per_group]))  # inf propagates (weights > 0)
+    saturated = float(np.dot(w, [e.saturated_fraction for e in per_group]))
+
+    rng = np.random.default_rng(group_ss[-1])
+    reps = _two_stage_bootstrap([e.pointwise_bits.mean(axis=1) for e in per_group], n_terms_g, n_boot, rng)
+    lo, hi = _percentile_ci(reps)
+    return GroupedMIEstimate(
+        bits=bits,
+        ci=(lo, hi),
+        per_group=per_group,
+        weights=tuple(float(x) for x in w),
+        upper_bits=upper_bits,
+        upper_is_bound=bool(scorer_is_sampler and plain_sampling),
+        saturated_fraction=saturated,
+        n_groups=len(per_group),
+        n_terms=int(n_terms_g.sum()),
+    )
+
+
+def _two_stage_bootstrap(
+    row_means: list[np.ndarray], weights: np.ndarray, n_boot: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Replicates of the weighted mean: resample groups, then rows independently within every drawn group."""
+    n_groups = len(row_means)
+    draws = rng.integers(0, n_groups, size=(n_boot, n_groups))  # draws[b, k]: k-th group drawn in replicate b
+    num = np.zeros(n_boot)
+    den = np.zeros(n_boot)
+    for g, rm in enumerate(row_means):
+        rep_idx = np.nonzero(draws == g)[0]  # one entry per time group g is drawn (with multiplicity)
+        if rep_idx.size == 0:
+            continue
+        rows = rng.integers(0, rm.shape[0], size=(rep_idx.size, rm.shape[0]))
+        np.add.at(num, rep_idx, weights[g] * rm[rows].mean(axis=1))
+        np.add.at(den, rep_idx, weights[g])
+    return num / den
+
+
+def exact_mi_bits(p_z_given_x: np.ndarray, p_x: np.ndarray | None = None) -> float:
+    """Exact I(X; Z) in bits of a discrete channel: rows of the (N, K) row-stochastic matrix are contexts.
+
+    X is uniform over the N rows unless `p_x` is given (rows may repeat; each row counts as its own context).
+    """
+    p = np.asarray(p_z_given_x, dtype=np.float64)
+    if p.ndim != 2:
+        raise ValueError(f"p_z_given_x must be 2-D (N, K); got shape {p.shape}")
+    if np.any(p < 0) or not np.all(np.isfinite(p)):
+        raise ValueError("p_z_given_x must be finite and non-negative")
+    if not np.allclose(p.sum(axis=1), 1.0, atol=1e-9):
+        raise ValueError("rows of p_z_given_x must sum to 1")
+    n = p.shape[0]
+    px = np.full(n, 1.0 / n) if p_x is None else np.asarray(p_x, dtype=np.float64)
+    if px.shape != (n,) or np.any(px < 0) or not np.isclose(px.sum(), 1.0, atol=1e-9):
+        raise ValueError("p_x must be a probability vector of length N")
+    pz = px @ p
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(p > 0, p / pz[None, :], 1.0)
+        terms = np.where(p > 0, p * np.log2(ratio), 0.0)
+    return float(max(0.0, px @ terms.sum(axis=1)))
+
+
+def bits_per_token(rate_bits: float, mean_tokens: float) -> float:
+    """Information rate per compression token: rate_bits / mean_tokens (a ratio of means, not a mean of ratios).
+
+    `mean_tokens` is the mean compression length with EOS counted (done upstream); it must be > 0.
+    """
+    if not mean_tokens > 0:
+        raise ValueError(f"mean_tokens must be > 0; got {mean_tokens}")
+    return float(rate_bits) / float(mean_tokens)
+
+
+def _combine_aliases(logp: float | np.ndarray, name: str) -> float:
+    """ln of the total probability of all answer aliases: logsumexp over a scalar or 1-D array (nats)."""
+    a = np.atleast_1d(np.asarray(logp, dtype=np.float64))
+    if a.ndim != 1 or a.size == 0:
+        raise ValueError(f"{name} must be a scalar or non-empty 1-D array of alias log-probs")
+    if np.isnan(a).any() or np.isposinf(a).any():
+        raise ValueError(f"{name} contains NaN or +inf")
+    return float(logsumexp(a))
+
+
+def correctness_bits(logp_y_given_xt_q: float | np.ndarray, logp_y_given_q: float | np.ndarray) -> float:
+    """Pointwise information about the answer (IB correctness term): log2 p(y|x̃,q) − log2 p(y|q).
+
+    Each argument is ln p of one answer or a 1-D array of ln p for its aliases (combined by logsumexp). Positive
+    when the compression x̃ makes the answer more likely. Using p(y|q) (no context) instead of the average of
+    p(y|x̃', q) over compressions as the reference is an approximation.
+    """
+    a = _combine_aliases(logp_y_given_xt_q, "logp_y_given_xt_q")
+    b = _combine_aliases(logp_y_given_q, "logp_y_given_q")
+    return (a - b) / LN2
+
+
+def conciseness_bits(logp_xt_given_q: float) -> float:
+    """IB conciseness term: −log2 p(x̃|q), the code length of the compression given the question (>= 0)."""
+    x = float(logp_xt_given_q)
+    if math.isnan(x) or x == math.inf:
+        raise ValueError(f"logp_xt_given_q must not be NaN or +inf; got {x}")
+    return -x / LN2
+
+
+def ib_score(conciseness: float, correctness: float, beta: float = 10.0) -> float:
+    """Information-bottleneck objective (lower is better): conciseness − beta · correctness, in bits."""
+    return float(conciseness) - float(beta) * float(correctness)

@@ -1,0 +1,248 @@
+"""Run one config: tasks → compress → predict (each arm) → score, writing rows as work finishes."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from harness import __version__
+from harness.backends.base import STATS
+from harness.backends.cache import ResponseCache
+from harness.backends.registry import make_backend
+from harness.config import RunConfig
+from harness.pipeline.prompts import choices_block, render
+from harness.pipeline.stages import Item, add_usage, fit_request, params_from, run_generation_stage
+from harness.records import GenRequest, Generation
+from harness.tasks import load_task
+
+
+class JsonlWriter:
+    """Append-only JSONL files in the run folder, flushed after every row."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self._files: dict[str, Any] = {}
+
+    def write(self, name: str, row: dict[str, Any]) -> None:
+        f = self._files.get(name)
+        if f is None:
+            f = self._files[name] = open(self.folder / f"{name}.jsonl", "w")
+        f.write(json.dumps(row, default=str) + "\n")
+        f.flush()
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+
+
+def _git_commit() -> str | None:
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                           cwd=Path(__file__).resolve().parents[2], timeout=5)
+        return r.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _progress(total: int, desc: str, quiet: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="req", disable=quiet, file=sys.stderr, leave=False)
+
+
+def run(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
+    """Execute a run and return its summary (also written to the run folder)."""
+    from harness.metrics import score_prediction
+
+    t0 = time.time()
+    stats0 = dict(STATS)
+    out_dir = cfg.output_dir()
+    writer = JsonlWriter(out_dir)
+    cache = ResponseCache(cfg.output.cache) if cfg.output.cache else None
+    (out_dir / "run.json").write_text(json.dumps({
+        "config": cfg.model_dump(mode="json"), "git_commit": _git_commit(), "harness": __version__,
+        "python": platform.python_version(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }, indent=2))
+
+    samples = load_task(cfg.task.name, size=cfg.task.size, seed=cfg.task.seed, split=cfg.task.split,
+                        options=cfg.task.options)
+    for s in samples:
+        writer.write("samples", {"id": s.id, "group_id": s.group_id, "question": s.question, "answers": s.answers,
+                                 "choices": s.choices, "answer_type": s.answer_type, "n_documents": len(s.documents)})
+    items = [Item(s, arm) for arm in cfg.arms for s in samples]
+    usage: dict[str, dict[str, float]] = {"compressor": {}, "predictor": {}}
+    identities: dict[str, Any] = {}
+
+    # ---- stage 1: compress (one model in memory) ----
+    comp_items = [it for it in items if it.arm == "compressed"]
+    if comp_items:
+        mc = cfg.models.compressor
+        assert mc is not None
+        be = make_backend(mc, field="models.compressor.model", cache=cache)
+        identities["compressor"] = asdict(be.identity())
+        params = params_from(cfg.generation.compressor, cfg.seed)
+        jobs = []
+        for it in comp_items:
+            s = it.sample
+            it.context_tokens = be.count_tokens(s.context)
+
+            def build(ctx: str, s=s) -> GenRequest:
+                return GenRequest.chat(render(cfg.prompts.compressor, question=s.question, context=ctx), params)
+
+            req, trunc, err = fit_request(be, build, s.context, cfg.overflow)
+            it.compression_truncated = trunc
+            if err:
+                it.error, it.error_stage = err, "compress"
+                writer.write("errors", {"sample_id": s.id, "arm": it.arm, "stage": "compress", "error": err})
+            else:
+                jobs.append((it, req))
+
+        def on_compressed(it: Item, g: Generation) -> None:
+            it.compression = g
+            add_usage(usage["compressor"], g.usage)
+            if g.error:
+                it.error, it.error_stage = g.error, "compress"
+            writer.write("compressions", {
+                "sample_id": it.sample.id, "compressor": mc.model, "text": g.text, "token_ids": g.token_ids,
+                "n_tokens": len(g.token_ids) or g.usage.completion_tokens, "context_tokens": it.context_tokens,
+                "truncated_prompt": it.compression_truncated, "finish_reason": g.finish_reason,
+                "usage": asdict(g.usage), "error": g.error})
+
+        with _progress(len(jobs), "compress", quiet) as bar:
+            run_generation_stage(be, jobs, on_compressed, chunk=max(mc.batch_size, 1) * 2, progress=bar)
+        be.close()
+
+    # ---- stage 2: predict every arm (one model in memory) ----
+    mp = cfg.models.predictor
+    be = make_backend(mp, field="models.predictor.model", cache=cache)
+    identities["predictor"] = asdict(be.identity())
+    pparams = params_from(cfg.generation.predictor, cfg.seed)
+    jobs = []
+    for it in items:
+        if it.error:
+            continue
+        s = it.sample
+        ch = choices_block(s)
+        if it.arm == "compressed":
+            assert it.compression is not None
+            text, tmpl, key = it.compression.text, cfg.prompts.predictor, "summary"
+        elif it.arm == "full-context":
+            text, tmpl, key = s.context, cfg.prompts.full_context, "context"
+        elif it.arm == "gold-context":
+            text, tmpl, key = s.gold_context(), cfg.prompts.full_context, "context"
+        else:
+            text, tmpl, key = "", cfg.prompts.no_context, ""
+
+        def build(t: str, tmpl=tmpl, key=key, s=s, ch=ch) -> GenRequest:
+            fields = {"question": s.question, "choices": ch}
+            if key:
+                fields[key] = t
+            return GenRequest.chat(render(tmpl, **fields), pparams)
+
+        req, trunc, err = fit_request(be, build, text, cfg.overflow)
+        it.prediction_truncated = trunc
+        if err:
+            it.error, it.error_stage = err, "predict"
+            writer.write("errors", {"sample_id": s.id, "arm": it.arm, "stage": "predict", "error": err})
+        else:
+            jobs.append((it, req))
+
+    def on_predicted(it: Item, g: Generation) -> None:
+        it.prediction = g
+        add_usage(usage["predictor"], g.usage)
+        if g.error:
+            it.error, it.error_stage = g.error, "predict"
+            writer.write("errors", {"sample_id": it.sample.id, "arm": it.arm, "stage": "predict", "error": g.error})
+        writer.write("predictions", {
+            "sample_id": it.sample.id, "arm": it.arm, "predictor": mp.model, "text": g.text,
+            "truncated_prompt": it.prediction_truncated, "usage": asdict(g.usage), "error": g.error})
+
+    with _progress(len(jobs), "predict", quiet) as bar:
+        run_generation_stage(be, jobs, on_predicted, chunk=max(mp.batch_size, 1) * 2, progress=bar)
+    be.close()
+
+    # ---- stage 3: score ----
+    for it in items:
+        if it.error:
+            continue
+        assert it.prediction is not None
+        it.score = score_prediction(it.sample, it.prediction.text)
+        sc = it.score
+        writer.write("scores", {"sample_id": it.sample.id, "arm": it.arm, "metric": sc.name, "value": sc.value,
+                                "correct": sc.correct, "parsed": sc.parsed, "flags": list(sc.flags)})
+
+    summary = summarize(cfg, items, usage)
+    summary["identities"] = identities
+    summary["wall_seconds"] = round(time.time() - t0, 2)
+    summary["model_loads"] = STATS["model_loads"] - stats0.get("model_loads", 0)
+    summary["model_calls"] = sum(STATS[k] - stats0.get(k, 0) for k in ("generate_calls", "score_calls"))
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out_dir / "table.md").write_text(format_table(summary))
+    writer.close()
+    if cache is not None:
+        cache.close()
+    return summary
+
+
+def summarize(cfg: RunConfig, items: list[Item], usage: dict[str, dict[str, float]]) -> dict[str, Any]:
+    rows = []
+    for arm in cfg.arms:
+        its = [it for it in items if it.arm == arm]
+        scored = [it for it in its if it.score is not None]
+        errors = [it for it in its if it.error]
+        comp = [it for it in its if it.compression is not None and not it.compression.error]
+        ntok = [len(it.compression.token_ids) or it.compression.usage.completion_tokens for it in comp]
+        ratios = [n / it.context_tokens for n, it in zip(ntok, comp, strict=True) if it.context_tokens]
+        row: dict[str, Any] = {
+            "arm": arm,
+            "compressor": cfg.models.compressor.model if arm == "compressed" and cfg.models.compressor else "-",
+            "predictor": cfg.models.predictor.model,
+            "n": len(its),
+            "scored": len(scored),
+            "errors": len(errors),
+            "accuracy": (sum(it.score.correct for it in scored) / len(scored)) if scored else None,
+            "unparseable": sum("unparseable" in it.score.flags for it in scored),
+            "truncated": sum(it.compression_truncated or it.prediction_truncated for it in its),
+            "summary_tokens": (sum(ntok) / len(ntok)) if ntok else None,
+            "token_ratio": (sum(ratios) / len(ratios)) if ratios else None,
+        }
+        pu: dict[str, float] = {}
+        for it in its:
+            if it.prediction is not None:
+                add_usage(pu, it.prediction.usage)
+        row["predictor_usage"] = pu
+        rows.append(row)
+    return {"name": cfg.name, "task": cfg.task.name, "n_samples": len({it.sample.id for it in items}),
+            "rows": rows, "usage": usage}
+
+
+def _f(x: Any, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """A markdown table: accuracy (errors), summary tokens, token_ratio, tokens and seconds per role."""
+    head = ["arm", "compressor", "predictor", "n", "accuracy", "errors", "summary_tok", "token_ratio",
+            "pred_prompt_tok", "pred_compl_tok", "pred_s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in summary["rows"]:
+        pu = r["predictor_usage"]
+        lines.append("| " + " | ".join([
+            r["arm"], r["compressor"], r["predictor"], str(r["n"]), _f(r["accuracy"], ".3f"), str(r["errors"]),
+            _f(r["summary_tokens"], ".1f"), _f(r["token_ratio"], ".3f"), str(int(pu.get("prompt_tokens", 0))),
+            str(int(pu.get("completion_tokens", 0))), _f(pu.get("seconds", 0.0), ".1f")]) + " |")
+    lines.append("")
+    lines.append("| role | calls | prompt_tok | completion_tok | seconds | cached |")
+    lines.append("|---|---|---|---|---|---|")
+    for role, u in summary["usage"].items():
+        if u:
+            lines.append(f"| {role} | {int(u['calls'])} | {int(u['prompt_tokens'])} | {int(u['completion_tokens'])} "
+                         f"| {u['seconds']:.1f} | {int(u['cached'])} |")
+    return "\n".join(lines) + "\n"

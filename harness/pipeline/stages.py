@@ -1,0 +1,81 @@
+"""Stages of a run: compress, then predict each arm, then score. One model in memory at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.records import GenParams, GenRequest, Generation, Sample, Usage
+
+
+@dataclass
+class Item:
+    """One (sample, arm) unit of work moving through the stages."""
+
+    sample: Sample
+    arm: str
+    context_tokens: int | None = None
+    compression: Generation | None = None
+    compression_truncated: bool = False
+    prediction: Generation | None = None
+    prediction_truncated: bool = False
+    error: str | None = None
+    error_stage: str | None = None
+    score: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def chunks(xs: list, n: int) -> Iterator[list]:
+    for i in range(0, len(xs), n):
+        yield xs[i: i + n]
+
+
+def fit_request(backend: Any, build: Callable[[str], GenRequest], text: str, policy: str) -> tuple[GenRequest | None, bool, str | None]:
+    """Build a request and make it fit the backend's context window.
+
+    Returns (request, truncated, error). With policy "error" an oversized prompt is an
+    error; with "truncate" the variable text is cut from the end and the row is flagged.
+    """
+    req = build(text)
+    window = backend.context_window
+    n = backend.count_prompt_tokens(req)
+    if window is None or n is None:
+        return req, False, None  # cannot tell locally; the server reports overflow as an error
+    need = n + req.params.max_new_tokens
+    if need <= window:
+        return req, False, None
+    if policy == "error":
+        return None, False, (f"context overflow: prompt {n} + max_new_tokens {req.params.max_new_tokens} tokens "
+                             f"> context window {window}")
+    excess = need - window
+    text_tokens = backend.count_tokens(text) or 0
+    keep = text_tokens - excess - 8
+    if keep <= 0:
+        return None, False, f"context overflow: prompt {n} tokens cannot be truncated to fit window {window}"
+    req = build(backend.truncate_text(text, keep))
+    return req, True, None
+
+
+def run_generation_stage(backend: Any, jobs: list[tuple[Item, GenRequest]], on_done: Callable[[Item, Generation], None],
+                         chunk: int = 8, progress: Any = None) -> None:
+    """Send requests in chunks; call `on_done` as each chunk finishes (results are written as work finishes)."""
+    for part in chunks(jobs, chunk):
+        gens = backend.generate([r for _, r in part])
+        for (item, _), g in zip(part, gens, strict=True):
+            on_done(item, g)
+        if progress is not None:
+            progress.update(len(part))
+
+
+def params_from(gen_cfg: Any, seed: int, logprobs: bool = False) -> GenParams:
+    return GenParams(max_new_tokens=gen_cfg.max_new_tokens, temperature=gen_cfg.temperature, top_p=gen_cfg.top_p,
+                     top_k=gen_cfg.top_k, seed=seed, logprobs=logprobs)
+
+
+def add_usage(acc: dict[str, float], u: Usage) -> None:
+    acc["calls"] = acc.get("calls", 0) + 1
+    acc["prompt_tokens"] = acc.get("prompt_tokens", 0) + u.prompt_tokens
+    acc["completion_tokens"] = acc.get("completion_tokens", 0) + u.completion_tokens
+    acc["seconds"] = acc.get("seconds", 0.0) + (0.0 if u.cached else u.seconds)
+    acc["cached"] = acc.get("cached", 0) + int(u.cached)

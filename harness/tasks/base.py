@@ -1,0 +1,91 @@
+"""Task registry: a task is a named, seeded function that yields `Sample`s.
+
+A task's defaults live in `tasks/<name>.yaml` at the repository top level
+(fields: `name`, `description`, `defaults: {size, split, seed, options: {...}}`).
+A run config can override size, split, seed and any option the task declares.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import UserError
+from harness.records import Sample
+
+TaskFn = Callable[..., list[Sample]]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    fn: TaskFn
+    options: tuple[str, ...]  # option names the task accepts
+    description: str = ""
+
+
+TASKS: dict[str, TaskSpec] = {}
+
+
+def register_task(name: str, options: tuple[str, ...] = (), description: str = "") -> Callable[[TaskFn], TaskFn]:
+    """Register `fn(size, seed, split, **options) -> list[Sample]` under `name`."""
+
+    def deco(fn: TaskFn) -> TaskFn:
+        if name in TASKS:
+            raise RuntimeError(f"task '{name}' registered twice")
+        TASKS[name] = TaskSpec(name, fn, tuple(options), description or (fn.__doc__ or "").strip().split("\n")[0])
+        return fn
+
+    return deco
+
+
+def tasks_dir() -> Path:
+    """Folder of task YAML defaults: $HARNESS_TASKS_DIR, else the repository's `tasks/`."""
+    env = os.environ.get("HARNESS_TASKS_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "tasks"
+
+
+def task_defaults(name: str) -> dict[str, Any]:
+    p = tasks_dir() / f"{name}.yaml"
+    if not p.exists():
+        return {}
+    data = yaml.safe_load(p.read_text()) or {}
+    return data.get("defaults", {}) or {}
+
+
+def normalize_question(q: str) -> str:
+    """Default group id: the normalised question text."""
+    q = unicodedata.normalize("NFKC", q).lower()
+    return re.sub(r"\s+", " ", q).strip()
+
+
+def load_task(name: str, *, size: int | None = None, seed: int | None = None, split: str | None = None,
+              options: dict[str, Any] | None = None) -> list[Sample]:
+    """Load a registered task with its YAML defaults overridden by the given values."""
+    if name not in TASKS:
+        raise UserError(f"task.name: unknown task '{name}'; choose one of {', '.join(sorted(TASKS))}")
+    spec = TASKS[name]
+    d = task_defaults(name)
+    opts = dict(d.get("options", {}) or {})
+    for k, v in (options or {}).items():
+        if k not in spec.options:
+            allowed = ", ".join(spec.options) or "none"
+            raise UserError(f"task.options.{k}: task '{name}' has no option '{k}'; allowed: {allowed}")
+        opts[k] = v
+    size = size if size is not None else d.get("size")
+    seed = seed if seed is not None else d.get("seed", 0)
+    split = split if split is not None else d.get("split")
+    samples = spec.fn(size=size, seed=seed, split=split, **opts)
+    out = []
+    for s in samples:
+        if not s.group_id:
+            s = Sample(**{**s.__dict__, "group_id": normalize_question(s.question)})
+        out.append(s)
+    return out

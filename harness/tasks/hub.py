@@ -1,0 +1,1 @@
+"""Loaders for the papers' datasets, read with `datasets` from a hub id or a local path."""
