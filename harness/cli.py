@@ -32,8 +32,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, _parse_set(args.set))
     summary = run(cfg, quiet=args.quiet)
-    print(f"# {summary['name']}: task {summary['task']}, {summary['n_samples']} samples, "
-          f"{summary['wall_seconds']:.0f} s, model loads {summary['model_loads']}, model calls {summary['model_calls']}")
+    print(
+        f"# {summary['name']}: task {summary['task']}, {summary['n_samples']} samples, "
+        f"{summary['wall_seconds']:.0f} s, model loads {summary['model_loads']}, model calls {summary['model_calls']}"
+    )
     print(format_table(summary))
     print(f"results: {cfg.output_dir()}")
     return 0
@@ -45,8 +47,10 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     rows = packs.list_packs()
     print(f"{'alias':<20} {'params':>6} {'MB':>6} {'instruct':>8} {'present':>8} {'safetensors':>11}  path")
     for r in rows:
-        print(f"{r['alias']:<20} {r['params']:>6} {r['size_mb']:>6} {str(r['instruct']):>8} "
-              f"{'yes' if r['present'] else 'no':>8} {'yes' if r['safetensors'] else 'no':>11}  {r['path']}")
+        print(
+            f"{r['alias']:<20} {r['params']:>6} {r['size_mb']:>6} {r['instruct']!s:>8} "
+            f"{'yes' if r['present'] else 'no':>8} {'yes' if r['safetensors'] else 'no':>11}  {r['path']}"
+        )
     print(f"cache: {packs.cache_dir()}  (set HARNESS_CACHE to move it)")
     return 0
 

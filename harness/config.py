@@ -132,7 +132,9 @@ class Prompts(_Strict):
             if missing:
                 raise ValueError(f"prompts.{role}.user must contain {{{sorted(missing)[0]}}}")
             if extra:
-                raise ValueError(f"prompts.{role}.user has unknown placeholder {{{sorted(extra)[0]}}}; allowed: {sorted(allowed)}")
+                raise ValueError(
+                    f"prompts.{role}.user has unknown placeholder {{{sorted(extra)[0]}}}; allowed: {sorted(allowed)}"
+                )
         return self
 
 
@@ -169,7 +171,9 @@ class RunConfig(_Strict):
     @model_validator(mode="after")
     def _roles_for_arms(self) -> RunConfig:
         if "compressed" in self.arms and self.models.compressor is None:
-            raise ValueError("arms includes 'compressed' but models.compressor is not set; add a compressor or drop the arm")
+            raise ValueError(
+                "arms includes 'compressed' but models.compressor is not set; add a compressor or drop the arm"
+            )
         if not self.arms:
             raise ValueError("arms is empty; list at least one of " + ", ".join(ARMS))
         return self

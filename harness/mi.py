@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import stats
 from scipy.special import logsumexp
 
 __all__ = [
@@ -163,10 +164,23 @@ def _diagonal(a: np.ndarray) -> np.ndarray:
     return a[idx, :, idx]
 
 
-def _percentile_ci(reps: np.ndarray) -> tuple[float, float]:
-    """Percentile interval at `_CI_LEVEL` from bootstrap replicates."""
+def _expanded_tail(n: int | None) -> float:
+    """Tail probability for Hesterberg's expanded percentile interval with n resampled units (None: plain).
+
+    The plain percentile interval is too narrow for small n (it uses the plug-in variance, shrunk by (n-1)/n, and a
+    normal instead of a t quantile). Expanding uses the quantile Φ(−sqrt(n/(n−1)) · t_{n−1, 1−α/2}) instead of α/2;
+    for n=16 and 95% that is 1.4% / 98.6%. It tends to the plain percentile interval as n grows.
+    """
     alpha = (1.0 - _CI_LEVEL) / 2.0
-    lo, hi = np.quantile(reps, [alpha, 1.0 - alpha])
+    if n is None:
+        return alpha
+    return float(stats.norm.cdf(-math.sqrt(n / (n - 1)) * stats.t.ppf(1.0 - alpha, n - 1)))
+
+
+def _percentile_ci(reps: np.ndarray, n_units: int | None = None) -> tuple[float, float]:
+    """(Expanded) percentile interval at `_CI_LEVEL` from bootstrap replicates; see `_expanded_tail`."""
+    tail = _expanded_tail(n_units)
+    lo, hi = np.quantile(reps, [tail, 1.0 - tail])
     return float(lo), float(hi)
 
 
@@ -214,14 +228,18 @@ def estimate_mi(
     logp[i, j, l] = ln p(z_ij | x_l, q). NaN or +inf anywhere, or -inf on the diagonal logp[i, j, i], raise
     ValueError; -inf off the diagonal (z impossible under another context) is fine.
 
-    Bootstrap: rows (contexts) are resampled with replacement and the replicate is the mean of the resampled
-    per-context means of the pointwise terms; the marginal is *not* recomputed over the resampled set. Each term
-    uses the exact drawn-set marginal, so the point estimate is unbiased for the drawn-set MI and its randomness
-    given the contexts comes only from sampling z, independently per row. Resampling rows estimates that variance
-    plus the between-context spread of the per-context KL terms, so the interval is conservative (validated at
-    >= 90% coverage of the drawn-set MI in tests/test_mi.py). Recomputing the marginal on each resample would let
-    duplicated contexts inflate their own marginal, biasing replicates downward and shifting the interval.
-    The interval does not cover the gap between drawn-set and population MI (the log2 N saturation bias).
+    Bootstrap: rows (contexts) are resampled with replacement and each replicate is the mean of the resampled
+    per-context means of the pointwise terms; the marginal is *not* recomputed over the resampled set. Why: every
+    term uses the exact drawn-set marginal, so the point estimate is unbiased for the drawn-set MI, and given the
+    contexts its only randomness is the sampling of z, independent across rows; resampling row means estimates that
+    variance (plus the between-context spread of the per-context KL terms). Recomputing the marginal on each
+    resample lets duplicated contexts inflate their own marginal, which biases the replicates downward: in the
+    validation channel it covered the drawn-set MI in only 55-94% of 200 seeds (fixed marginal: 92-95%).
+    The interval is Hesterberg's *expanded* percentile interval (see `_expanded_tail`), because the plain
+    percentile interval is too narrow with few contexts (89% at N=8, 92-95% at N=16). Measured coverage of the
+    drawn-set MI (tests/test_mi.py channel, >= 1000 seeds each): 94-97% for N in {8, 16, 32}, M in {1, 4, 8}; it
+    is poor for N < 8 (86% at N=4, 45% at N=2). The interval is about the drawn-set MI: it does not include the
+    downward bias relative to the population MI (the log2 N ceiling), which is small only when N >> 2^MI.
 
     upper_bits (leave-one-out marginal over l != i) is an upper bound on the population MI only when the scorer is
     the model that sampled the compressions and sampling was plain (no temperature/top-p/constraints);
@@ -240,7 +258,7 @@ def estimate_mi(
 
     rng = np.random.default_rng(seed)
     reps = _row_bootstrap(pw.mean(axis=1), n_boot, rng)
-    lo, hi = _percentile_ci(reps)
+    lo, hi = _percentile_ci(reps, n_units=n)
 
     up = _upper_pointwise_bits(a)
     upper_bits = math.inf if np.isposinf(up).any() else float(up.mean())
@@ -273,7 +291,10 @@ def estimate_mi_groups(
     The point estimate is the mean of per-group estimates weighted by N_g·M_g (number of pointwise terms), i.e.
     the pooled mean of all terms. The interval is a two-stage bootstrap: draw G groups with replacement, then,
     independently for every drawn group, resample its contexts with replacement (as in `estimate_mi`); the
-    replicate is the term-weighted mean of the drawn groups. Groups may differ in N and M.
+    replicate is the term-weighted mean of the drawn groups, and the interval is the plain percentile one (with a
+    single group it is that group's interval). Resampling groups treats the questions as a sample from a
+    population of questions, so for the fixed set of questions the interval is conservative (97.5-100% coverage
+    of the weighted drawn-set MI over 200 seeds in the tests' channel). Groups may differ in N and M.
     """
     if len(groups) == 0:
         raise ValueError("estimate_mi_groups needs at least one group")
@@ -302,9 +323,12 @@ def estimate_mi_groups(
     upper_bits = float(np.dot(w, [e.upper_bits for e in per_group]))  # inf propagates (weights > 0)
     saturated = float(np.dot(w, [e.saturated_fraction for e in per_group]))
 
-    rng = np.random.default_rng(group_ss[-1])
-    reps = _two_stage_bootstrap([e.pointwise_bits.mean(axis=1) for e in per_group], n_terms_g, n_boot, rng)
-    lo, hi = _percentile_ci(reps)
+    if len(per_group) == 1:
+        lo, hi = per_group[0].ci  # the two-stage scheme reduces to the single-group row bootstrap
+    else:
+        rng = np.random.default_rng(group_ss[-1])
+        reps = _two_stage_bootstrap([e.pointwise_bits.mean(axis=1) for e in per_group], n_terms_g, n_boot, rng)
+        lo, hi = _percentile_ci(reps)
     return GroupedMIEstimate(
         bits=bits,
         ci=(lo, hi),

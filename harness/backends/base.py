@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Protocol, runtime_checkable
 
-from harness.records import GenRequest, Generation, ModelIdentity, ScoreRequest, ScoreResult
+from harness.records import Generation, GenRequest, ModelIdentity, ScoreRequest, ScoreResult
 
 #: process-wide counters: "model_loads", "generate_calls", "score_calls", "generate_requests", ...
 STATS: Counter[str] = Counter()

@@ -57,8 +57,11 @@ def gguf_metadata(path: Path) -> dict[str, Any]:
 
         arch = get("general.architecture")
         ctx = get(f"{arch}.context_length")
-        return {"architecture": arch, "context_length": int(ctx) if ctx is not None else None,
-                "chat_template": get("tokenizer.chat_template")}
+        return {
+            "architecture": arch,
+            "context_length": int(ctx) if ctx is not None else None,
+            "chat_template": get("tokenizer.chat_template"),
+        }
 
     return _memo("gguf", path, compute)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from harness.backends.base import STATS
 from harness.errors import UserError
-from harness.records import GenRequest, Generation, ModelIdentity, ScoreRequest, ScoreResult, Usage
+from harness.records import Generation, GenRequest, ModelIdentity, ScoreRequest, ScoreResult, Usage
 
 CHECK_PROMPT = "The history of the printing press begins in the fifteenth century, when"
 CHECK_TOKENS = 32
@@ -40,10 +40,23 @@ def _retryable(e: Exception) -> bool:
 class OpenAIBackend:
     """Any OpenAI-compatible server; no local weights."""
 
-    def __init__(self, name: str, *, base_url: str | None = None, api_key_env: str | None = None,
-                 api: str = "chat", max_concurrency: int = 4, max_retries: int = 4, timeout_s: float = 120.0,
-                 scoring: str = "echo", context_window: int | None = None, revision: str | None = None,
-                 tokenizer: Any = None, field: str = "model", backoff_s: float = 0.5):
+    def __init__(
+        self,
+        name: str,
+        *,
+        base_url: str | None = None,
+        api_key_env: str | None = None,
+        api: str = "chat",
+        max_concurrency: int = 4,
+        max_retries: int = 4,
+        timeout_s: float = 120.0,
+        scoring: str = "echo",
+        context_window: int | None = None,
+        revision: str | None = None,
+        tokenizer: Any = None,
+        field: str = "model",
+        backoff_s: float = 0.5,
+    ):
         import openai
 
         key = "EMPTY"
@@ -67,8 +80,9 @@ class OpenAIBackend:
 
     def identity(self) -> ModelIdentity:
         tmpl = self.tokenizer.identity().chat_template_hash if self.tokenizer else "server"
-        return ModelIdentity("openai", f"{self.base_url or 'default'}|{self.name}", self.revision or "unversioned",
-                             "server", tmpl)
+        return ModelIdentity(
+            "openai", f"{self.base_url or 'default'}|{self.name}", self.revision or "unversioned", "server", tmpl
+        )
 
     @property
     def context_window(self) -> int | None:
@@ -94,7 +108,7 @@ class OpenAIBackend:
         while True:
             try:
                 return fn(**kw)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 if attempt >= self.max_retries or not _retryable(e):
                     raise
                 delay = min(self.backoff_s * 2**attempt, 30.0) * (0.5 + random.random())
@@ -104,8 +118,13 @@ class OpenAIBackend:
 
     def _generate_one(self, r: GenRequest) -> Generation:
         p = r.params
-        kw: dict[str, Any] = {"model": self.name, "max_tokens": p.max_new_tokens, "temperature": p.temperature,
-                              "top_p": p.top_p, "seed": p.seed}
+        kw: dict[str, Any] = {
+            "model": self.name,
+            "max_tokens": p.max_new_tokens,
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+            "seed": p.seed,
+        }
         if p.stop:
             kw["stop"] = list(p.stop)
         if p.top_k:
@@ -118,8 +137,11 @@ class OpenAIBackend:
                 resp = self._call(self.client.chat.completions.create, messages=r.message_dicts(), **kw)
                 ch = resp.choices[0]
                 text = ch.message.content or ""
-                lps = [c.logprob for c in ch.logprobs.content] if p.logprobs and ch.logprobs and ch.logprobs.content \
+                lps = (
+                    [c.logprob for c in ch.logprobs.content]
+                    if p.logprobs and ch.logprobs and ch.logprobs.content
                     else None
+                )
             else:
                 prompt = r.prompt if r.prompt is not None else self._render(r.message_dicts())
                 if p.logprobs:
@@ -128,7 +150,7 @@ class OpenAIBackend:
                 ch = resp.choices[0]
                 text = ch.text
                 lps = list(ch.logprobs.token_logprobs) if p.logprobs and ch.logprobs else None
-        except Exception as e:  # noqa: BLE001 - a failed call is an error row, never a score
+        except Exception as e:
             return Generation("", [], None, Usage(seconds=time.time() - t), error=f"{type(e).__name__}: {e}"[:500])
         u = resp.usage
         usage = Usage(u.prompt_tokens if u else 0, u.completion_tokens if u else 0, time.time() - t)
@@ -136,8 +158,10 @@ class OpenAIBackend:
 
     def _render(self, messages: list[dict[str, str]]) -> str:
         if not self.tokenizer:
-            raise UserError(f"openai/{self.name}: completions with chat messages need a local `tokenizer`; "
-                            "set api: chat or give a tokenizer")
+            raise UserError(
+                f"openai/{self.name}: completions with chat messages need a local `tokenizer`; "
+                "set api: chat or give a tokenizer"
+            )
         self.tokenizer._load_tokenizer()
         return self.tokenizer.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
@@ -150,11 +174,26 @@ class OpenAIBackend:
     # ---- scoring ----
     def _echo_logprobs(self, text: str) -> tuple[list[float | None], list[int]]:
         if self.scoring == "vllm-prompt-logprobs":
-            resp = self._call(self.client.completions.create, model=self.name, prompt=text, max_tokens=1,
-                              temperature=0.0, echo=True, logprobs=1, extra_body={"prompt_logprobs": 0})
+            resp = self._call(
+                self.client.completions.create,
+                model=self.name,
+                prompt=text,
+                max_tokens=1,
+                temperature=0.0,
+                echo=True,
+                logprobs=1,
+                extra_body={"prompt_logprobs": 0},
+            )
         else:
-            resp = self._call(self.client.completions.create, model=self.name, prompt=text, max_tokens=1,
-                              temperature=0.0, echo=True, logprobs=1)
+            resp = self._call(
+                self.client.completions.create,
+                model=self.name,
+                prompt=text,
+                max_tokens=1,
+                temperature=0.0,
+                echo=True,
+                logprobs=1,
+            )
         lp = resp.choices[0].logprobs
         return list(lp.token_logprobs), list(lp.text_offset)
 
@@ -162,7 +201,7 @@ class OpenAIBackend:
         full = prefix + continuation
         lps, offs = self._echo_logprobs(full)
         vals = [v for v, o in zip(lps, offs, strict=False) if len(prefix) <= o < len(full)]
-        if any(v is None for v in vals) or not vals and continuation:
+        if any(v is None for v in vals) or (not vals and continuation):
             raise RuntimeError("server returned no log-probs for the continuation span")
         return [float(v) for v in vals]
 
@@ -171,8 +210,14 @@ class OpenAIBackend:
         with self._check_lock:
             if self._check is not None:
                 return self._check
-            resp = self._call(self.client.completions.create, model=self.name, prompt=CHECK_PROMPT,
-                              max_tokens=CHECK_TOKENS, temperature=0.0, logprobs=1)
+            resp = self._call(
+                self.client.completions.create,
+                model=self.name,
+                prompt=CHECK_PROMPT,
+                max_tokens=CHECK_TOKENS,
+                temperature=0.0,
+                logprobs=1,
+            )
             ch = resp.choices[0]
             gen = [float(x) for x in ch.logprobs.token_logprobs]
             echo = self._span_logprobs(CHECK_PROMPT, ch.text)
@@ -183,8 +228,13 @@ class OpenAIBackend:
                 mean_abs = sum(abs(a - b) for a, b in zip(gen, echo, strict=True)) / n
             else:  # tokenisation differs at a boundary: compare totals per token
                 mean_abs = abs(sum(gen) - sum(echo)) / n
-            self._check = {"ok": mean_abs <= CHECK_TOLERANCE_NATS, "mean_abs_nats_per_token": mean_abs,
-                           "n_tokens": n, "generated_total": sum(gen), "echo_total": sum(echo)}
+            self._check = {
+                "ok": mean_abs <= CHECK_TOLERANCE_NATS,
+                "mean_abs_nats_per_token": mean_abs,
+                "n_tokens": n,
+                "generated_total": sum(gen),
+                "echo_total": sum(echo),
+            }
             return self._check
 
     def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
@@ -203,8 +253,11 @@ class OpenAIBackend:
         def one(r: ScoreRequest) -> ScoreResult:
             t = time.time()
             try:
-                prefix = r.prefix if r.prefix is not None else self._render([{"role": a, "content": c}
-                                                                               for a, c in r.messages])
+                prefix = (
+                    r.prefix
+                    if r.prefix is not None
+                    else self._render([{"role": a, "content": c} for a, c in r.messages])
+                )
                 cont = r.continuation
                 if r.continuation_ids is not None:
                     if not self.tokenizer:
@@ -214,7 +267,7 @@ class OpenAIBackend:
                 vals = self._span_logprobs(prefix, cont)
             except UserError:
                 raise
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 return ScoreResult([], [], Usage(seconds=time.time() - t), error=f"{type(e).__name__}: {e}"[:500])
             return ScoreResult([], vals, Usage(0, 0, time.time() - t))
 

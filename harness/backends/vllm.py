@@ -16,13 +16,21 @@ from typing import Any
 from harness.backends import identity as ident_mod
 from harness.backends.base import STATS
 from harness.errors import UserError
-from harness.records import GenRequest, Generation, ModelIdentity, ScoreRequest, ScoreResult, Usage
+from harness.records import Generation, GenRequest, ModelIdentity, ScoreRequest, ScoreResult, Usage
 
 
 class VLLMBackend:
-    def __init__(self, name: str, *, dtype: str = "bfloat16", revision: str | None = None,
-                 trust_remote_code: bool = False, context_window: int | None = None, field: str = "model",
-                 engine_kwargs: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        name: str,
+        *,
+        dtype: str = "bfloat16",
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        context_window: int | None = None,
+        field: str = "model",
+        engine_kwargs: dict[str, Any] | None = None,
+    ):
         try:
             import vllm  # noqa: F401
         except ImportError:
@@ -94,9 +102,17 @@ class VLLMBackend:
         for r in requests:
             p = r.params
             prompts.append(TokensPrompt(prompt_token_ids=self._prompt_ids(r.message_dicts() or None, r.prompt)))
-            params.append(SamplingParams(max_tokens=p.max_new_tokens, temperature=p.temperature, top_p=p.top_p,
-                                         top_k=p.top_k if p.top_k > 0 else -1, seed=p.seed,
-                                         logprobs=1 if p.logprobs else None, stop=list(p.stop) or None))
+            params.append(
+                SamplingParams(
+                    max_tokens=p.max_new_tokens,
+                    temperature=p.temperature,
+                    top_p=p.top_p,
+                    top_k=p.top_k if p.top_k > 0 else -1,
+                    seed=p.seed,
+                    logprobs=1 if p.logprobs else None,
+                    stop=list(p.stop) or None,
+                )
+            )
         t = time.time()
         outs = self.llm.generate(prompts, params, use_tqdm=False)
         dt = (time.time() - t) / max(len(requests), 1)
@@ -104,10 +120,16 @@ class VLLMBackend:
         for r, o in zip(requests, outs, strict=True):
             c = o.outputs[0]
             ids = list(c.token_ids)
-            lps = [float(step[tok].logprob) for step, tok in zip(c.logprobs, ids, strict=True)] \
-                if r.params.logprobs and c.logprobs else None
-            res.append(Generation(c.text, ids, lps, Usage(len(o.prompt_token_ids), len(ids), dt),
-                                  finish_reason=c.finish_reason or ""))
+            lps = (
+                [float(step[tok].logprob) for step, tok in zip(c.logprobs, ids, strict=True)]
+                if r.params.logprobs and c.logprobs
+                else None
+            )
+            res.append(
+                Generation(
+                    c.text, ids, lps, Usage(len(o.prompt_token_ids), len(ids), dt), finish_reason=c.finish_reason or ""
+                )
+            )
         return res
 
     def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
@@ -119,8 +141,11 @@ class VLLMBackend:
         items = []
         for r in requests:
             pre = self._prompt_ids([{"role": a, "content": c} for a, c in r.messages] or None, r.prefix)
-            cont = list(r.continuation_ids) if r.continuation_ids is not None else \
-                self.tok(r.continuation, add_special_tokens=False)["input_ids"]
+            cont = (
+                list(r.continuation_ids)
+                if r.continuation_ids is not None
+                else self.tok(r.continuation, add_special_tokens=False)["input_ids"]
+            )
             items.append((pre, cont))
         sp = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
         t = time.time()

@@ -7,6 +7,7 @@ import platform
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from harness.backends.registry import make_backend
 from harness.config import RunConfig
 from harness.pipeline.prompts import choices_block, render
 from harness.pipeline.stages import Item, add_usage, fit_request, params_from, run_generation_stage
-from harness.records import GenRequest, Generation
+from harness.records import Generation, GenRequest
 from harness.tasks import load_task
 
 
@@ -44,8 +45,13 @@ class JsonlWriter:
 
 def _git_commit() -> str | None:
     try:
-        r = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                           cwd=Path(__file__).resolve().parents[2], timeout=5)
+        r = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parents[2],
+            timeout=5,
+        )
         return r.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -63,19 +69,47 @@ def run(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
 
     t0 = time.time()
     stats0 = dict(STATS)
-    out_dir = cfg.output_dir()
-    writer = JsonlWriter(out_dir)
     cache = ResponseCache(cfg.output.cache) if cfg.output.cache else None
-    (out_dir / "run.json").write_text(json.dumps({
-        "config": cfg.model_dump(mode="json"), "git_commit": _git_commit(), "harness": __version__,
-        "python": platform.python_version(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }, indent=2))
+    # resolve every model spec up front (lazy: no weights load here), so a bad spec fails fast
+    comp_be = None
+    if "compressed" in cfg.arms:
+        assert cfg.models.compressor is not None
+        comp_be = make_backend(cfg.models.compressor, field="models.compressor.model", cache=cache)
+    pred_be = make_backend(cfg.models.predictor, field="models.predictor.model", cache=cache)
+    samples = load_task(
+        cfg.task.name, size=cfg.task.size, seed=cfg.task.seed, split=cfg.task.split, options=cfg.task.options
+    )
 
-    samples = load_task(cfg.task.name, size=cfg.task.size, seed=cfg.task.seed, split=cfg.task.split,
-                        options=cfg.task.options)
+    # each run writes its own folder; earlier runs are never overwritten
+    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    out_dir = cfg.output_dir() / run_id
+    writer = JsonlWriter(out_dir)
+    (out_dir / "run.json").write_text(
+        json.dumps(
+            {
+                "run_id": run_id,
+                "config": cfg.model_dump(mode="json"),
+                "git_commit": _git_commit(),
+                "harness": __version__,
+                "python": platform.python_version(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+            indent=2,
+        )
+    )
     for s in samples:
-        writer.write("samples", {"id": s.id, "group_id": s.group_id, "question": s.question, "answers": s.answers,
-                                 "choices": s.choices, "answer_type": s.answer_type, "n_documents": len(s.documents)})
+        writer.write(
+            "samples",
+            {
+                "id": s.id,
+                "group_id": s.group_id,
+                "question": s.question,
+                "answers": s.answers,
+                "choices": s.choices,
+                "answer_type": s.answer_type,
+                "n_documents": len(s.documents),
+            },
+        )
     items = [Item(s, arm) for arm in cfg.arms for s in samples]
     usage: dict[str, dict[str, float]] = {"compressor": {}, "predictor": {}}
     identities: dict[str, Any] = {}
@@ -85,7 +119,7 @@ def run(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
     if comp_items:
         mc = cfg.models.compressor
         assert mc is not None
-        be = make_backend(mc, field="models.compressor.model", cache=cache)
+        be = comp_be
         identities["compressor"] = asdict(be.identity())
         params = params_from(cfg.generation.compressor, cfg.seed)
         jobs = []
@@ -109,11 +143,21 @@ def run(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
             add_usage(usage["compressor"], g.usage)
             if g.error:
                 it.error, it.error_stage = g.error, "compress"
-            writer.write("compressions", {
-                "sample_id": it.sample.id, "compressor": mc.model, "text": g.text, "token_ids": g.token_ids,
-                "n_tokens": len(g.token_ids) or g.usage.completion_tokens, "context_tokens": it.context_tokens,
-                "truncated_prompt": it.compression_truncated, "finish_reason": g.finish_reason,
-                "usage": asdict(g.usage), "error": g.error})
+            writer.write(
+                "compressions",
+                {
+                    "sample_id": it.sample.id,
+                    "compressor": mc.model,
+                    "text": g.text,
+                    "token_ids": g.token_ids,
+                    "n_tokens": len(g.token_ids) or g.usage.completion_tokens,
+                    "context_tokens": it.context_tokens,
+                    "truncated_prompt": it.compression_truncated,
+                    "finish_reason": g.finish_reason,
+                    "usage": asdict(g.usage),
+                    "error": g.error,
+                },
+            )
 
         with _progress(len(jobs), "compress", quiet) as bar:
             run_generation_stage(be, jobs, on_compressed, chunk=max(mc.batch_size, 1) * 2, progress=bar)
@@ -121,7 +165,7 @@ def run(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
 
     # ---- stage 2: predict every arm (one model in memory) ----
     mp = cfg.models.predictor
-    be = make_backend(mp, field="models.predictor.model", cache=cache)
+    be = pred_be
     identities["predictor"] = asdict(be.identity())
     pparams = params_from(cfg.generation.predictor, cfg.seed)
     jobs = []
@@ -160,9 +204,18 @@ def run(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
         if g.error:
             it.error, it.error_stage = g.error, "predict"
             writer.write("errors", {"sample_id": it.sample.id, "arm": it.arm, "stage": "predict", "error": g.error})
-        writer.write("predictions", {
-            "sample_id": it.sample.id, "arm": it.arm, "predictor": mp.model, "text": g.text,
-            "truncated_prompt": it.prediction_truncated, "usage": asdict(g.usage), "error": g.error})
+        writer.write(
+            "predictions",
+            {
+                "sample_id": it.sample.id,
+                "arm": it.arm,
+                "predictor": mp.model,
+                "text": g.text,
+                "truncated_prompt": it.prediction_truncated,
+                "usage": asdict(g.usage),
+                "error": g.error,
+            },
+        )
 
     with _progress(len(jobs), "predict", quiet) as bar:
         run_generation_stage(be, jobs, on_predicted, chunk=max(mp.batch_size, 1) * 2, progress=bar)
@@ -175,14 +228,25 @@ def run(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
         assert it.prediction is not None
         it.score = score_prediction(it.sample, it.prediction.text)
         sc = it.score
-        writer.write("scores", {"sample_id": it.sample.id, "arm": it.arm, "metric": sc.name, "value": sc.value,
-                                "correct": sc.correct, "parsed": sc.parsed, "flags": list(sc.flags)})
+        writer.write(
+            "scores",
+            {
+                "sample_id": it.sample.id,
+                "arm": it.arm,
+                "metric": sc.name,
+                "value": sc.value,
+                "correct": sc.correct,
+                "parsed": sc.parsed,
+                "flags": list(sc.flags),
+            },
+        )
 
     summary = summarize(cfg, items, usage)
     summary["identities"] = identities
     summary["wall_seconds"] = round(time.time() - t0, 2)
     summary["model_loads"] = STATS["model_loads"] - stats0.get("model_loads", 0)
     summary["model_calls"] = sum(STATS[k] - stats0.get(k, 0) for k in ("generate_calls", "score_calls"))
+    summary["run_dir"] = str(out_dir)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     (out_dir / "table.md").write_text(format_table(summary))
     writer.close()
@@ -219,8 +283,13 @@ def summarize(cfg: RunConfig, items: list[Item], usage: dict[str, dict[str, floa
                 add_usage(pu, it.prediction.usage)
         row["predictor_usage"] = pu
         rows.append(row)
-    return {"name": cfg.name, "task": cfg.task.name, "n_samples": len({it.sample.id for it in items}),
-            "rows": rows, "usage": usage}
+    return {
+        "name": cfg.name,
+        "task": cfg.task.name,
+        "n_samples": len({it.sample.id for it in items}),
+        "rows": rows,
+        "usage": usage,
+    }
 
 
 def _f(x: Any, fmt: str) -> str:
@@ -229,20 +298,48 @@ def _f(x: Any, fmt: str) -> str:
 
 def format_table(summary: dict[str, Any]) -> str:
     """A markdown table: accuracy (errors), summary tokens, token_ratio, tokens and seconds per role."""
-    head = ["arm", "compressor", "predictor", "n", "accuracy", "errors", "summary_tok", "token_ratio",
-            "pred_prompt_tok", "pred_compl_tok", "pred_s"]
+    head = [
+        "arm",
+        "compressor",
+        "predictor",
+        "n",
+        "accuracy",
+        "errors",
+        "summary_tok",
+        "token_ratio",
+        "pred_prompt_tok",
+        "pred_compl_tok",
+        "pred_s",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary["rows"]:
         pu = r["predictor_usage"]
-        lines.append("| " + " | ".join([
-            r["arm"], r["compressor"], r["predictor"], str(r["n"]), _f(r["accuracy"], ".3f"), str(r["errors"]),
-            _f(r["summary_tokens"], ".1f"), _f(r["token_ratio"], ".3f"), str(int(pu.get("prompt_tokens", 0))),
-            str(int(pu.get("completion_tokens", 0))), _f(pu.get("seconds", 0.0), ".1f")]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r["arm"],
+                    r["compressor"],
+                    r["predictor"],
+                    str(r["n"]),
+                    _f(r["accuracy"], ".3f"),
+                    str(r["errors"]),
+                    _f(r["summary_tokens"], ".1f"),
+                    _f(r["token_ratio"], ".3f"),
+                    str(int(pu.get("prompt_tokens", 0))),
+                    str(int(pu.get("completion_tokens", 0))),
+                    _f(pu.get("seconds", 0.0), ".1f"),
+                ]
+            )
+            + " |"
+        )
     lines.append("")
     lines.append("| role | calls | prompt_tok | completion_tok | seconds | cached |")
     lines.append("|---|---|---|---|---|---|")
     for role, u in summary["usage"].items():
         if u:
-            lines.append(f"| {role} | {int(u['calls'])} | {int(u['prompt_tokens'])} | {int(u['completion_tokens'])} "
-                         f"| {u['seconds']:.1f} | {int(u['cached'])} |")
+            lines.append(
+                f"| {role} | {int(u['calls'])} | {int(u['prompt_tokens'])} | {int(u['completion_tokens'])} "
+                f"| {u['seconds']:.1f} | {int(u['cached'])} |"
+            )
     return "\n".join(lines) + "\n"

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.records import GenParams, GenRequest, Generation, Sample, Usage
+from harness.records import Generation, GenParams, GenRequest, Sample, Usage
 
 
 @dataclass
@@ -28,10 +28,12 @@ class Item:
 
 def chunks(xs: list, n: int) -> Iterator[list]:
     for i in range(0, len(xs), n):
-        yield xs[i: i + n]
+        yield xs[i : i + n]
 
 
-def fit_request(backend: Any, build: Callable[[str], GenRequest], text: str, policy: str) -> tuple[GenRequest | None, bool, str | None]:
+def fit_request(
+    backend: Any, build: Callable[[str], GenRequest], text: str, policy: str
+) -> tuple[GenRequest | None, bool, str | None]:
     """Build a request and make it fit the backend's context window.
 
     Returns (request, truncated, error). With policy "error" an oversized prompt is an
@@ -46,8 +48,14 @@ def fit_request(backend: Any, build: Callable[[str], GenRequest], text: str, pol
     if need <= window:
         return req, False, None
     if policy == "error":
-        return None, False, (f"context overflow: prompt {n} + max_new_tokens {req.params.max_new_tokens} tokens "
-                             f"> context window {window}")
+        return (
+            None,
+            False,
+            (
+                f"context overflow: prompt {n} + max_new_tokens {req.params.max_new_tokens} tokens "
+                f"> context window {window}"
+            ),
+        )
     excess = need - window
     text_tokens = backend.count_tokens(text) or 0
     keep = text_tokens - excess - 8
@@ -57,8 +65,13 @@ def fit_request(backend: Any, build: Callable[[str], GenRequest], text: str, pol
     return req, True, None
 
 
-def run_generation_stage(backend: Any, jobs: list[tuple[Item, GenRequest]], on_done: Callable[[Item, Generation], None],
-                         chunk: int = 8, progress: Any = None) -> None:
+def run_generation_stage(
+    backend: Any,
+    jobs: list[tuple[Item, GenRequest]],
+    on_done: Callable[[Item, Generation], None],
+    chunk: int = 8,
+    progress: Any = None,
+) -> None:
     """Send requests in chunks; call `on_done` as each chunk finishes (results are written as work finishes)."""
     for part in chunks(jobs, chunk):
         gens = backend.generate([r for _, r in part])
@@ -69,8 +82,14 @@ def run_generation_stage(backend: Any, jobs: list[tuple[Item, GenRequest]], on_d
 
 
 def params_from(gen_cfg: Any, seed: int, logprobs: bool = False) -> GenParams:
-    return GenParams(max_new_tokens=gen_cfg.max_new_tokens, temperature=gen_cfg.temperature, top_p=gen_cfg.top_p,
-                     top_k=gen_cfg.top_k, seed=seed, logprobs=logprobs)
+    return GenParams(
+        max_new_tokens=gen_cfg.max_new_tokens,
+        temperature=gen_cfg.temperature,
+        top_p=gen_cfg.top_p,
+        top_k=gen_cfg.top_k,
+        seed=seed,
+        logprobs=logprobs,
+    )
 
 
 def add_usage(acc: dict[str, float], u: Usage) -> None:

@@ -66,8 +66,14 @@ def normalize_question(q: str) -> str:
     return re.sub(r"\s+", " ", q).strip()
 
 
-def load_task(name: str, *, size: int | None = None, seed: int | None = None, split: str | None = None,
-              options: dict[str, Any] | None = None) -> list[Sample]:
+def load_task(
+    name: str,
+    *,
+    size: int | None = None,
+    seed: int | None = None,
+    split: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> list[Sample]:
     """Load a registered task with its YAML defaults overridden by the given values."""
     if name not in TASKS:
         raise UserError(f"task.name: unknown task '{name}'; choose one of {', '.join(sorted(TASKS))}")

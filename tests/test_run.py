@@ -1,0 +1,69 @@
+"""End to end: the quickstart config on real models, and a rerun that loads no model and calls none."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harness.config import load_config
+from harness.pipeline.run import run
+from tests.conftest import REPO, need_pack
+
+
+def _cfg(tmp_path: Path, **overrides):
+    base = {"task": {"size": 2}, "output": {"dir": str(tmp_path / "out"), "cache": str(tmp_path / "cache.sqlite")}}
+    for k, v in overrides.items():
+        base[k] = v
+    return load_config(REPO / "configs" / "quickstart.yaml", base)
+
+
+def test_quickstart_rerun_loads_no_model_and_makes_no_calls(tmp_path):
+    need_pack("smollm2-135m")
+    need_pack("qwen2.5-coder-0.5b")
+    cfg = _cfg(tmp_path)
+    first = run(cfg, quiet=True)
+    assert first["model_loads"] == 2 and first["model_calls"] > 0
+    rows = {r["arm"]: r for r in first["rows"]}
+    assert set(rows) == {"compressed", "full-context", "no-context"}
+    assert all(r["n"] == 2 and r["scored"] + r["errors"] == 2 for r in rows.values())
+    assert rows["compressed"]["summary_tokens"] > 0 and 0 < rows["compressed"]["token_ratio"] < 2
+
+    second = run(cfg, quiet=True)
+    assert second["model_loads"] == 0 and second["model_calls"] == 0
+    assert second["usage"]["predictor"]["cached"] == 6 and second["usage"]["compressor"]["cached"] == 2
+    for a, b in zip(first["rows"], second["rows"], strict=True):
+        assert a["accuracy"] == b["accuracy"] and a["summary_tokens"] == b["summary_tokens"]
+    # each run has its own folder, rows written as JSONL
+    d1, d2 = Path(first["run_dir"]), Path(second["run_dir"])
+    assert d1 != d2 and d1.exists()
+    preds = [json.loads(x) for x in (d1 / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 6 and all("usage" in p for p in preds)
+    comps = [json.loads(x) for x in (d1 / "compressions.jsonl").read_text().splitlines()]
+    assert len(comps) == 2 and all(c["token_ids"] and c["n_tokens"] == len(c["token_ids"]) for c in comps)
+
+
+def test_cache_key_covers_model_and_params(tmp_path):
+    """A different predictor dtype or generation length is a cache miss, not a stale hit."""
+    need_pack("smollm2-135m")
+    base = {"arms": ["no-context"], "models": {"predictor": {"model": "gguf/smollm2-135m"}}}
+    cfg = _cfg(tmp_path, **base)
+    run(cfg, quiet=True)
+    again = run(cfg, quiet=True)
+    assert again["model_calls"] == 0
+    longer = _cfg(tmp_path, **base, generation={"predictor": {"max_new_tokens": 5}})
+    assert run(longer, quiet=True)["model_calls"] > 0
+    f32 = _cfg(tmp_path, arms=["no-context"], models={"predictor": {"model": "gguf/smollm2-135m", "dtype": "float32"}})
+    assert run(f32, quiet=True)["model_loads"] == 1
+
+
+def test_overflow_rows_are_errors_or_flagged(tmp_path):
+    need_pack("smollm2-135m")
+    models = {"predictor": {"model": "gguf/smollm2-135m", "context_window": 128}}
+    err = run(_cfg(tmp_path, arms=["full-context"], models=models), quiet=True)
+    (row,) = err["rows"]
+    assert row["errors"] == 2 and row["accuracy"] is None
+    errs = (Path(err["run_dir"]) / "errors.jsonl").read_text()
+    assert "context overflow" in errs
+    tr = run(_cfg(tmp_path, arms=["full-context"], models=models, overflow="truncate"), quiet=True)
+    (row,) = tr["rows"]
+    assert row["errors"] == 0 and row["truncated"] == 2 and row["scored"] == 2
