@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +23,8 @@ class ModelConfig(_Strict):
     """One model role. `model` is a spec `backend/name`, e.g. `gguf/smollm2-135m`."""
 
     model: str
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    # auto: bfloat16 on a GPU or a CPU with bf16 matrix units (AMX, AVX512-BF16), else float32
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     device: str = "auto"
     batch_size: int = Field(4, ge=1)
     revision: str | None = None
@@ -183,11 +185,18 @@ class RunConfig(_Strict):
 
 
 def _format_error(e: ValidationError, source: str) -> str:
-    err = e.errors()[0]
+    errs = e.errors()
+    # an unknown (misspelt) field usually also makes a required one "missing": report the typo
+    errs = sorted(errs, key=lambda er: er["type"] != "extra_forbidden")
+    err = errs[0]
     loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
     kind = err["type"]
     if kind == "extra_forbidden":
-        return f"{source}: unknown field '{loc}'; check its spelling or remove it"
+        parent = tuple(err["loc"][:-1])
+        missing = [str(x["loc"][-1]) for x in errs if x["type"] == "missing" and tuple(x["loc"][:-1]) == parent]
+        hint = difflib.get_close_matches(str(err["loc"][-1]), missing, n=1) if missing else []
+        fix = f"did you mean '{hint[0]}'?" if hint else "check its spelling or remove it"
+        return f"{source}: unknown field '{loc}'; {fix}"
     if kind == "missing":
         return f"{source}: missing required field '{loc}'; add it"
     msg = err["msg"].removeprefix("Value error, ")

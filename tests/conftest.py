@@ -40,7 +40,7 @@ def smollm2():
     need_pack("smollm2-135m")
     from harness.backends.transformers import TransformersBackend
 
-    be = TransformersBackend("gguf", "smollm2-135m", dtype="bfloat16", batch_size=4)
+    be = TransformersBackend("gguf", "smollm2-135m", batch_size=4)  # dtype auto
     be._load()
     yield be
     be.close()

@@ -24,13 +24,18 @@ def test_identity_needs_no_model_load():
     from harness.backends.transformers import TransformersBackend
 
     before = STATS["model_loads"]
-    be = TransformersBackend("gguf", "smollm2-135m")
+    be = TransformersBackend("gguf", "smollm2-135m", dtype="bfloat16")
     ident = be.identity()
     assert STATS["model_loads"] == before and be.model is None
     assert ident.revision == "sha256:b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
     assert ident.chat_template_hash != "none" and ident.dtype == "bfloat16"
     assert be.context_window == 8192
-    assert TransformersBackend("gguf", "smollm2-135m", dtype="float32").identity() != ident
+    f32 = TransformersBackend("gguf", "smollm2-135m", dtype="float32").identity()
+    assert f32 != ident and f32.dtype == "float32"
+    from harness.backends.transformers import cpu_has_fast_bf16
+
+    auto = TransformersBackend("gguf", "smollm2-135m", dtype="auto", device="cpu").identity()
+    assert auto.dtype == ("bfloat16" if cpu_has_fast_bf16() else "float32")
 
 
 def test_generate_then_score_agree(smollm2):

@@ -45,7 +45,7 @@ def assert_one_line_exit2(r: subprocess.CompletedProcess, *needles: str) -> None
 def test_typo_in_field(tmp_path):
     cfg = {**BASE, "models": {**BASE["models"], "predictor": {"modle": "gguf/smollm2-135m"}}}
     r = run_cli(tmp_path, cfg)
-    assert_one_line_exit2(r, "models.predictor.modle", "unknown field")
+    assert_one_line_exit2(r, "models.predictor.modle", "unknown field", "did you mean 'model'")
 
 
 def test_unknown_backend(tmp_path):

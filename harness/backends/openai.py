@@ -134,6 +134,7 @@ class OpenAIBackend:
             if self.api == "chat" and r.messages:
                 if p.logprobs:
                     kw["logprobs"] = True
+                    kw["top_logprobs"] = 1
                 resp = self._call(self.client.chat.completions.create, messages=r.message_dicts(), **kw)
                 ch = resp.choices[0]
                 text = ch.message.content or ""

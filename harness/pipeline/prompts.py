@@ -10,7 +10,7 @@ def choices_block(sample: Sample) -> str:
     if not sample.choices:
         return ""
     lines = [f"{chr(65 + k)}. {c}" for k, c in enumerate(sample.choices)]
-    return "Options:\n" + "\n".join(lines) + "\nAnswer with the letter of the correct option."
+    return "Options:\n" + "\n".join(lines) + "\nReply with the letter and the text of the correct option."
 
 
 def render(prompt: Prompt, **fields: str) -> list[Message]:

@@ -17,6 +17,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from harness.errors import UserError
@@ -141,6 +142,11 @@ def _deck(rng: random.Random, items: Sequence[str]) -> Callable[[random.Random],
         return s
 
     return draw
+
+
+def _a(word: str) -> str:
+    """`word` with its indefinite article."""
+    return ("an " if word[0].lower() in "aeiou" else "a ") + word
 
 
 def _possessive(name: str) -> str:
@@ -548,44 +554,40 @@ def _company(rng: random.Random) -> tuple[str, str]:
     return f"{rng.choice(COMPANY_PREFIXES)} {kind}", industry
 
 
-def _u(rng: random.Random, lo: float, hi: float) -> float:
-    return rng.uniform(lo, hi)
-
-
 def _draw_financials(rng: random.Random, years: Sequence[int]) -> dict[str, dict[int, int]]:
     """Consistent statements for `years` (oldest first); values are integers in tenths of a million USD."""
     v: dict[str, dict[int, int]] = {r: {} for r in (*INCOME_ROWS, *BALANCE_ROWS, *CASHFLOW_ROWS)}
     rev = rng.randint(2000, 200000)
     for i, y in enumerate(years):
         if i:
-            rev = round(rev * (1 + _u(rng, -0.08, 0.25)))
-        cogs = round(rev * _u(rng, 0.35, 0.6))
-        rd, sga = round(rev * _u(rng, 0.03, 0.12)), round(rev * _u(rng, 0.08, 0.18))
+            rev = round(rev * (1 + rng.uniform(-0.08, 0.25)))
+        cogs = round(rev * rng.uniform(0.35, 0.6))
+        rd, sga = round(rev * rng.uniform(0.03, 0.12)), round(rev * rng.uniform(0.08, 0.18))
         gross, opex = rev - cogs, rd + sga
         opinc = gross - opex
-        interest = round(rev * _u(rng, 0.004, 0.02))
+        interest = round(rev * rng.uniform(0.004, 0.02))
         pretax = opinc - interest
-        tax = round(pretax * _u(rng, 0.15, 0.28))
+        tax = round(pretax * rng.uniform(0.15, 0.28))
         net = pretax - tax
         for r, x in zip(INCOME_ROWS, (rev, cogs, gross, rd, sga, opex, opinc, interest, pretax, tax, net),
                         strict=True):
             v[r][y] = x
-        cash, ar, inv = (round(rev * _u(rng, a, b)) for a, b in ((0.05, 0.3), (0.08, 0.2), (0.05, 0.15)))
+        cash, ar, inv = (round(rev * rng.uniform(a, b)) for a, b in ((0.05, 0.3), (0.08, 0.2), (0.05, 0.15)))
         ca = cash + ar + inv
-        ppe, other = round(rev * _u(rng, 0.2, 0.8)), round(rev * _u(rng, 0.05, 0.3))
+        ppe, other = round(rev * rng.uniform(0.2, 0.8)), round(rev * rng.uniform(0.05, 0.3))
         ta = ca + ppe + other
-        ap, acc, std = (round(rev * _u(rng, a, b)) for a, b in ((0.04, 0.1), (0.02, 0.06), (0.01, 0.05)))
+        ap, acc, std = (round(rev * rng.uniform(a, b)) for a, b in ((0.04, 0.1), (0.02, 0.06), (0.01, 0.05)))
         cl = ap + acc + std
-        ltd = round(ta * _u(rng, 0.05, 0.3))
+        ltd = round(ta * rng.uniform(0.05, 0.3))
         tl = cl + ltd
         for r, x in zip(BALANCE_ROWS, (cash, ar, inv, ca, ppe, other, ta, ap, acc, std, cl, ltd, tl, ta - tl),
                         strict=True):
             v[r][y] = x
-        da, wc = round(rev * _u(rng, 0.02, 0.06)), round(rev * _u(rng, -0.03, 0.03))
+        da, wc = round(rev * rng.uniform(0.02, 0.06)), round(rev * rng.uniform(-0.03, 0.03))
         ocf = net + da + wc
-        capex = round(rev * _u(rng, 0.03, 0.1))
-        inv_cf = capex + round(rev * _u(rng, 0.0, 0.03))
-        div = round(max(net, 0) * _u(rng, 0.0, 0.4))
+        capex = round(rev * rng.uniform(0.03, 0.1))
+        inv_cf = capex + round(rev * rng.uniform(0.0, 0.03))
+        div = round(max(net, 0) * rng.uniform(0.0, 0.4))
         for r, x in zip(CASHFLOW_ROWS, (net, da, wc, ocf, capex, inv_cf, div), strict=True):
             v[r][y] = x
     return v
@@ -614,7 +616,7 @@ def _narrative_doc(rng: random.Random, doc_id: str, title: str, kind: str, compa
                    fy: int) -> _Doc:
     if kind == "overview":
         lines = [
-            f"{company} is a {industry} company headquartered in {rng.choice(CITIES)}.",
+            f"{company} is {_a(industry)} company headquartered in {rng.choice(CITIES)}.",
             f"The company was founded in {rng.randint(1950, 2005)} and employs approximately "
             f"{rng.randint(8, 400) * 100:,} people.",
             f"This annual report covers fiscal year FY{fy}, which ended on December 31, {fy}.",
@@ -678,8 +680,6 @@ FILING_TEMPLATES: tuple[_FilingTemplate, ...] = (
 def filing_answer(op: str, rows: Sequence[str], fin: dict[str, dict[int, float | int]], fy: int,
                   decimals: int) -> str:
     """The exact answer string (round half up) for template operation `op` on values in tenths of a million."""
-    from decimal import ROUND_HALF_UP, Decimal
-
     def val(r: str, y: int) -> Decimal:
         return Decimal(str(fin[r][y])) / 10
 
@@ -702,7 +702,7 @@ def filing_answer(op: str, rows: Sequence[str], fin: dict[str, dict[int, float |
     return str(x.quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP))
 
 
-def _number_aliases(ans: str, unit: str) -> tuple[str, ...]:
+def number_aliases(ans: str, unit: str) -> tuple[str, ...]:
     neg = ans.startswith("-")
     mag = ans.lstrip("-")
     ip, _, fp = mag.partition(".")
@@ -805,7 +805,7 @@ def synthetic_filings(size: int | None = 40, seed: int = 0, split: str | None = 
                   for r in tpl.rows for y in ((fy, fy - 1) if tpl.op in ("change", "growth") else (fy,))}
         question = tpl.question.format(company=company, company_s=_possessive(company), fy=fy, prev=fy - 1)
         samples.append(Sample(
-            id=sid, question=question, documents=documents, answers=_number_aliases(answer, tpl.unit),
+            id=sid, question=question, documents=documents, answers=number_aliases(answer, tpl.unit),
             group_id=tpl.id, answer_type="number",
             meta={"template": tpl.id, "operation": tpl.op, "statement": tpl.statement, "rows": list(tpl.rows),
                   "inputs": inputs, "company": company, "fiscal_year": fy, "unit": tpl.unit,
@@ -912,7 +912,7 @@ class _World:
         birthplace = birthplace or self._pick(self.towns, lambda: r.choice(TOWNS))
         birth_year = birth_year or self._pick([y for y in self.years if y in BIRTH_YEAR_RANGE],
                                               lambda: r.choice(BIRTH_YEAR_RANGE))
-        core = [("employer", f"{name} is a {r.choice(PROFESSIONS)} who works at {employer}."),
+        core = [("employer", f"{name} is {_a(r.choice(PROFESSIONS))} who works at {employer}."),
                 ("birth", f"{name} was born in {birthplace} in {birth_year}.")]
         other_town = self._pick(self.towns, lambda: r.choice(TOWNS))
         extras = [
@@ -931,7 +931,7 @@ class _World:
         founded = founded or self._pick([y for y in self.years if y in FIRM_YEAR_RANGE],
                                         lambda: r.choice(FIRM_YEAR_RANGE))
         hq = hq or self._pick(self.towns, lambda: r.choice(TOWNS))
-        core = [("hq", f"{name} is a {industry} company headquartered in {hq}."),
+        core = [("hq", f"{name} is {_a(industry)} company headquartered in {hq}."),
                 ("founded", f"{name} was founded in {founded} by {founder}.")]
         extras = [
             f"{name} employs about {r.randint(2, 400) * 50:,} people.",
