@@ -52,13 +52,17 @@ def test_cache_key_covers_model_and_params(tmp_path):
     assert again["model_calls"] == 0
     longer = _cfg(tmp_path, **base, generation={"predictor": {"max_new_tokens": 5}})
     assert run(longer, quiet=True)["model_calls"] > 0
-    f32 = _cfg(tmp_path, arms=["no-context"], models={"predictor": {"model": "gguf/smollm2-135m", "dtype": "float32"}})
-    assert run(f32, quiet=True)["model_loads"] == 1
+    from harness.backends.transformers import effective_dtype
+
+    other = "bfloat16" if effective_dtype("auto", "auto") == "float32" else "float32"
+    models = {"predictor": {"model": "gguf/smollm2-135m", "dtype": other}}
+    short = {"predictor": {"max_new_tokens": 5}}
+    assert run(_cfg(tmp_path, arms=["no-context"], models=models, generation=short), quiet=True)["model_loads"] == 1
 
 
 def test_overflow_rows_are_errors_or_flagged(tmp_path):
     need_pack("smollm2-135m")
-    models = {"predictor": {"model": "gguf/smollm2-135m", "context_window": 128}}
+    models = {"predictor": {"model": "gguf/smollm2-135m", "context_window": 256}}
     err = run(_cfg(tmp_path, arms=["full-context"], models=models), quiet=True)
     (row,) = err["rows"]
     assert row["errors"] == 2 and row["accuracy"] is None

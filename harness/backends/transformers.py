@@ -311,7 +311,6 @@ class TransformersBackend:
 
     # ---- score ----
     def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
-        import torch
 
         if not requests:
             return []

@@ -58,11 +58,17 @@ def fit_request(
         )
     excess = need - window
     text_tokens = backend.count_tokens(text) or 0
-    keep = text_tokens - excess - 8
-    if keep <= 0:
-        return None, False, f"context overflow: prompt {n} tokens cannot be truncated to fit window {window}"
-    req = build(backend.truncate_text(text, keep))
-    return req, True, None
+    keep = text_tokens - excess
+    for _ in range(4):  # re-tokenising the cut text can shift a few tokens: re-check and cut more
+        if keep <= 0:
+            return None, False, f"context overflow: prompt {n} tokens cannot be truncated to fit window {window}"
+        req = build(backend.truncate_text(text, keep))
+        over = backend.count_prompt_tokens(req) + req.params.max_new_tokens - window
+        if over <= 0:
+            return req, True, None
+        keep -= over + 2
+    return None, False, f"context overflow: could not truncate the prompt to fit window {window}"
+
 
 
 def run_generation_stage(

@@ -112,8 +112,8 @@ class Db:
         return self._depth > 0
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """BEGIN … COMMIT, or ROLLBACK on any exception.
+    def transaction(self, *, write: bool = True) -> Iterator[None]:
+        """BEGIN … COMMIT, or ROLLBACK on any exception. SQLite takes the write lock up front unless `write=False`.
 
         A nested call runs under a SAVEPOINT: its failure undoes only its own writes, and the outer
         transaction decides whether the rest is committed.
@@ -132,7 +132,7 @@ class Db:
                 self._depth -= 1
             self.execute(f"RELEASE SAVEPOINT {name}")
             return
-        self.execute("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
+        self.execute("BEGIN IMMEDIATE" if self.dialect == "sqlite" and write else "BEGIN")
         self._depth = 1
         try:
             yield

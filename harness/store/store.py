@@ -169,7 +169,7 @@ class Store:
 
     def _init_schema(self, *, create: bool) -> None:
         db = self._db
-        with db.transaction():
+        with db.transaction(write=create):
             if not db.table_exists(VERSION_TABLE):
                 if not create:
                     raise UserError(f"{self.url} is not a results store (no {VERSION_TABLE} table); check the URL")
