@@ -157,6 +157,19 @@ class Output(_Strict):
     cache: str | None = "results/cache.sqlite"
 
 
+class MIConfig(_Strict):
+    """Mutual information I(X;Z|Q): M sampled compressions per context, scored under every context of its group."""
+
+    samples_per_context: int = Field(2, ge=1)
+    contexts_per_group: int | None = Field(None, ge=2)
+    min_contexts: int = Field(2, ge=2)
+    scorers: list[Literal["self", "scorer"]] = ["self"]
+    mode: Literal["conditional", "paper"] = "conditional"
+    predictor_reads: Literal["sample0", "greedy"] = "sample0"
+    temperature: float = Field(1.0, gt=0)
+    n_boot: int = Field(1000, ge=100)
+
+
 class RunConfig(_Strict):
     """A whole run: roles, task, prompts, generation, arms, seeds and output."""
 
@@ -168,6 +181,7 @@ class RunConfig(_Strict):
     generation: GenerationSettings = GenerationSettings()
     overflow: Literal["error", "truncate"] = "error"
     seed: int = 0
+    mi: MIConfig | None = None
     output: Output = Output()
 
     @model_validator(mode="after")
@@ -178,6 +192,11 @@ class RunConfig(_Strict):
             )
         if not self.arms:
             raise ValueError("arms is empty; list at least one of " + ", ".join(ARMS))
+        if self.mi is not None:
+            if self.models.compressor is None:
+                raise ValueError("mi needs models.compressor (the channel whose information is measured)")
+            if "scorer" in self.mi.scorers and self.models.scorer is None:
+                raise ValueError("mi.scorers lists 'scorer' but models.scorer is not set; add a scorer model")
         return self
 
     def output_dir(self) -> Path:

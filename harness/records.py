@@ -144,6 +144,7 @@ class ScoreRequest:
     prefix: str | None = None
     continuation: str = ""
     continuation_ids: tuple[int, ...] | None = None
+    append_eos: bool = False  # text continuations: also score the scorer's end-of-turn token
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -151,6 +152,7 @@ class ScoreRequest:
             "prefix": self.prefix,
             "continuation": self.continuation,
             "continuation_ids": list(self.continuation_ids) if self.continuation_ids is not None else None,
+            "append_eos": self.append_eos,
         }
 
 

@@ -324,6 +324,7 @@ class TransformersBackend:
                 list(r.continuation_ids)
                 if r.continuation_ids is not None
                 else self.tokenizer(r.continuation, add_special_tokens=False)["input_ids"]
+                + ([self.tokenizer.eos_token_id] if r.append_eos else [])
             )
             items.append((pre, cont))
         out: list[ScoreResult | None] = [None] * len(requests)

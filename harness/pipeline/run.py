@@ -17,6 +17,8 @@ from harness.backends.base import STATS
 from harness.backends.cache import ResponseCache
 from harness.backends.registry import make_backend
 from harness.config import RunConfig
+from harness.pipeline.compress import CompKey, compress_stage
+from harness.pipeline.mi_stage import mi_stage
 from harness.pipeline.prompts import choices_block, render
 from harness.pipeline.stages import Item, add_usage, fit_request, params_from, run_generation_stage
 from harness.records import Generation, GenRequest
@@ -72,7 +74,7 @@ def run(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
     cache = ResponseCache(cfg.output.cache) if cfg.output.cache else None
     # resolve every model spec up front (lazy: no weights load here), so a bad spec fails fast
     comp_be = None
-    if "compressed" in cfg.arms:
+    if "compressed" in cfg.arms or cfg.mi is not None:
         assert cfg.models.compressor is not None
         comp_be = make_backend(cfg.models.compressor, field="models.compressor.model", cache=cache)
     pred_be = make_backend(cfg.models.predictor, field="models.predictor.model", cache=cache)
@@ -114,54 +116,35 @@ def run(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
     usage: dict[str, dict[str, float]] = {"compressor": {}, "predictor": {}}
     identities: dict[str, Any] = {}
 
-    # ---- stage 1: compress (one model in memory) ----
-    comp_items = [it for it in items if it.arm == "compressed"]
-    if comp_items:
-        mc = cfg.models.compressor
-        assert mc is not None
-        be = comp_be
-        identities["compressor"] = asdict(be.identity())
-        params = params_from(cfg.generation.compressor, cfg.seed)
-        jobs = []
-        for it in comp_items:
-            s = it.sample
-            it.context_tokens = be.count_tokens(s.context)
-
-            def build(ctx: str, s=s) -> GenRequest:
-                return GenRequest.chat(render(cfg.prompts.compressor, question=s.question, context=ctx), params)
-
-            req, trunc, err = fit_request(be, build, s.context, cfg.overflow)
-            it.compression_truncated = trunc
-            if err:
-                it.error, it.error_stage = err, "compress"
-                writer.write("errors", {"sample_id": s.id, "arm": it.arm, "stage": "compress", "error": err})
-            else:
-                jobs.append((it, req))
-
-        def on_compressed(it: Item, g: Generation) -> None:
+    # ---- stage 1: compress, and MI scoring by the compressor itself (one model in memory) ----
+    mi_rows: list[dict[str, Any]] = []
+    if comp_be is not None:
+        identities["compressor"] = asdict(comp_be.identity())
+        with _progress(0, "compress", quiet) as bar:
+            comp = compress_stage(cfg, comp_be, samples, writer, usage["compressor"], bar)
+        index = {s.id: k for k, s in enumerate(samples)}
+        for it in items:
+            if it.arm != "compressed":
+                continue
+            k = index[it.sample.id]
+            it.context_tokens = comp.context_tokens.get(k)
+            it.compression_truncated = comp.truncated.get(k, False)
+            if k in comp.errors:
+                it.error, it.error_stage = comp.errors[k], "compress"
+                continue
+            g = comp.results.get(CompKey(k, comp.predictor_kind, 0))
             it.compression = g
-            add_usage(usage["compressor"], g.usage)
-            if g.error:
-                it.error, it.error_stage = g.error, "compress"
-            writer.write(
-                "compressions",
-                {
-                    "sample_id": it.sample.id,
-                    "compressor": mc.model,
-                    "text": g.text,
-                    "token_ids": g.token_ids,
-                    "n_tokens": len(g.token_ids) or g.usage.completion_tokens,
-                    "context_tokens": it.context_tokens,
-                    "truncated_prompt": it.compression_truncated,
-                    "finish_reason": g.finish_reason,
-                    "usage": asdict(g.usage),
-                    "error": g.error,
-                },
-            )
-
-        with _progress(len(jobs), "compress", quiet) as bar:
-            run_generation_stage(be, jobs, on_compressed, chunk=max(mc.batch_size, 1) * 2, progress=bar)
-        be.close()
+            if g is None or g.error:
+                it.error, it.error_stage = (g.error if g else "no compression"), "compress"
+        if cfg.mi is not None and "self" in cfg.mi.scorers:
+            mi_rows.append(mi_stage(cfg, comp_be, "self", comp_be.identity(), samples, comp, writer))
+        comp_be.close()
+        if cfg.mi is not None and "scorer" in cfg.mi.scorers:
+            assert cfg.models.scorer is not None
+            sc_be = make_backend(cfg.models.scorer, field="models.scorer.model", cache=cache)
+            identities["scorer"] = asdict(sc_be.identity())
+            mi_rows.append(mi_stage(cfg, sc_be, cfg.models.scorer.model, comp_be.identity(), samples, comp, writer))
+            sc_be.close()
 
     # ---- stage 2: predict every arm (one model in memory) ----
     mp = cfg.models.predictor
@@ -242,6 +225,7 @@ def run(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
         )
 
     summary = summarize(cfg, items, usage)
+    summary["mi"] = mi_rows
     summary["identities"] = identities
     summary["wall_seconds"] = round(time.time() - t0, 2)
     summary["model_loads"] = STATS["model_loads"] - stats0.get("model_loads", 0)
@@ -342,4 +326,19 @@ def format_table(summary: dict[str, Any]) -> str:
                 f"| {role} | {int(u['calls'])} | {int(u['prompt_tokens'])} | {int(u['completion_tokens'])} "
                 f"| {u['seconds']:.1f} | {int(u['cached'])} |"
             )
+    if summary.get("mi"):
+        lines += ["", "| MI scorer | groups | contexts | M | bits (95% CI) | upper | bits/token | saturated | fwd ratio |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in summary["mi"]:
+            if r.get("error"):
+                lines.append(f"| {r['scorer']} | {r['n_groups']} | - | {r['samples_per_context']} | "
+                             f"error: {r['error']} | - | - | - | - |")
+                continue
+            up = "∞" if r["upper_bits"] is None or r["upper_bits"] == float("inf") else f"{r['upper_bits']:.2f}"
+            lb = " (≥)" if r["bits_per_token_is_lower_bound"] else ""
+            ratio = _f(r["forwarded_ratio"], ".2f")
+            lines.append(
+                f"| {r['scorer']} ({r['tokenization']}) | {r['n_groups_ok']} | {r['n_contexts']} | "
+                f"{r['samples_per_context']} | {r['bits']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | {up} | "
+                f"{r['bits_per_token']:.4f}{lb} | {r['saturated_fraction']:.2f} | {ratio} |")
     return "\n".join(lines) + "\n"

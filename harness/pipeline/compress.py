@@ -1,0 +1,85 @@
+"""Compression stage: greedy compressions for the `compressed` arm and M sampled ones for MI."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from harness.config import RunConfig
+from harness.pipeline.prompts import render
+from harness.pipeline.stages import add_usage, fit_request, params_from, run_generation_stage
+from harness.records import Generation, GenParams, GenRequest, Sample
+
+
+@dataclass(frozen=True)
+class CompKey:
+    """Which compression: sample index, kind ("greedy" or "sample") and sample number j."""
+
+    idx: int
+    kind: str
+    j: int = 0
+
+
+@dataclass
+class CompressOutput:
+    results: dict[CompKey, Generation]
+    context_tokens: dict[int, int | None]
+    truncated: dict[int, bool]
+    errors: dict[int, str]  # sample index -> overflow error (no request sent)
+    predictor_kind: str  # which compressions the predictor reads: "greedy" or "sample"
+
+
+def sampling_params(cfg: RunConfig, j: int) -> GenParams:
+    """Plain sampling (no top-k/top-p/min-p) at the MI temperature; seed differs per sample number j."""
+    assert cfg.mi is not None
+    g = cfg.generation.compressor
+    return GenParams(max_new_tokens=g.max_new_tokens, temperature=cfg.mi.temperature, top_p=1.0, top_k=0,
+                     seed=cfg.seed * 1000 + j)
+
+
+def compress_stage(cfg: RunConfig, be: Any, samples: list[Sample], writer: Any, usage: dict[str, float],
+                   progress: Any) -> CompressOutput:
+    """Generate every compression this run needs with one compressor in memory; rows are written as they finish."""
+    mc = cfg.models.compressor
+    assert mc is not None
+    want_arm = "compressed" in cfg.arms
+    mi = cfg.mi
+    predictor_kind = "sample" if (mi is not None and mi.predictor_reads == "sample0") else "greedy"
+    greedy = params_from(cfg.generation.compressor, cfg.seed)
+    variants: list[tuple[str, int, GenParams]] = []
+    if want_arm and predictor_kind == "greedy":
+        variants.append(("greedy", 0, greedy))
+    if mi is not None:
+        variants += [("sample", j, sampling_params(cfg, j)) for j in range(mi.samples_per_context)]
+    out = CompressOutput({}, {}, {}, {}, predictor_kind)
+    jobs: list[tuple[CompKey, GenRequest]] = []
+    for idx, s in enumerate(samples):
+        out.context_tokens[idx] = be.count_tokens(s.context)
+
+        def build(ctx: str, s: Sample = s) -> GenRequest:
+            return GenRequest.chat(render(cfg.prompts.compressor, question=s.question, context=ctx), greedy)
+
+        req, trunc, err = fit_request(be, build, s.context, cfg.overflow)
+        out.truncated[idx] = trunc
+        if err:
+            out.errors[idx] = err
+            writer.write("errors", {"sample_id": s.id, "stage": "compress", "error": err})
+            continue
+        for kind, j, p in variants:
+            jobs.append((CompKey(idx, kind, j), dataclasses.replace(req, params=p)))
+
+    def on_done(key: CompKey, g: Generation) -> None:
+        out.results[key] = g
+        add_usage(usage, g.usage)
+        writer.write("compressions", {
+            "sample_id": samples[key.idx].id, "compressor": mc.model, "kind": key.kind, "j": key.j,
+            "seed": greedy.seed if key.kind == "greedy" else cfg.seed * 1000 + key.j,
+            "text": g.text, "token_ids": g.token_ids, "n_tokens": len(g.token_ids) or g.usage.completion_tokens,
+            "context_tokens": out.context_tokens[key.idx], "truncated_prompt": out.truncated[key.idx],
+            "finish_reason": g.finish_reason, "usage": asdict(g.usage), "error": g.error})
+
+    if progress is not None:
+        progress.total = len(jobs)
+    run_generation_stage(be, jobs, on_done, chunk=max(mc.batch_size, 1) * 2, progress=progress)
+    return out

@@ -1,0 +1,94 @@
+"""MI stage: score sampled compressions under every context of their question group, then estimate."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from harness.config import RunConfig
+from harness.mi import bits_per_token, estimate_mi, estimate_mi_groups
+from harness.pipeline.compress import CompKey, CompressOutput
+from harness.records import Sample
+from harness.scoring import score_group
+
+
+def question_groups(cfg: RunConfig, samples: list[Sample]) -> list[list[int]]:
+    """Sample indices per group: same question (group_id); `paper` mode pools all contexts."""
+    assert cfg.mi is not None
+    groups: OrderedDict[str, list[int]] = OrderedDict()
+    for idx, s in enumerate(samples):
+        key = "all" if cfg.mi.mode == "paper" else s.group_id
+        groups.setdefault(key, []).append(idx)
+    cap = cfg.mi.contexts_per_group
+    out = [g[:cap] if cap else g for g in groups.values()]
+    return [g for g in out if len(g) >= cfg.mi.min_contexts]
+
+
+def mi_stage(cfg: RunConfig, scorer: Any, scorer_label: str, compressor_identity: Any, samples: list[Sample],
+             comp: CompressOutput, writer: Any) -> dict[str, Any]:
+    """Estimate I(X;Z|Q) for one scorer; per-group rows and the overall row are written; returns the overall."""
+    mi = cfg.mi
+    assert mi is not None
+    m = mi.samples_per_context
+    ident = scorer.identity()
+    exact = ident == compressor_identity
+    plain = mi.temperature == 1.0
+    groups = question_groups(cfg, samples)
+    base = {"task": cfg.task.name, "compressor": cfg.models.compressor.model if cfg.models.compressor else None,
+            "scorer": scorer_label, "scorer_identity": ident.key(), "mode": mi.mode, "samples_per_context": m,
+            "sampling": {"temperature": mi.temperature, "top_p": 1.0, "top_k": 0}}
+    ok_logp, ok_tokens, fwd, lower, errors = [], [], 0, 0, []
+    for g in groups:
+        gid = samples[g[0]].group_id if mi.mode != "paper" else "all"
+        comps = [[comp.results.get(CompKey(idx, "sample", j)) for j in range(m)] for idx in g]
+        bad = [samples[g[a]].id for a, row in enumerate(comps) for c in row if c is None or c.error]
+        row = {**base, "group_id": gid, "n_contexts": len(g)}
+        if bad:
+            row["error"] = f"compression missing or failed for {bad[0]}"
+            errors.append(row["error"])
+            writer.write("mi", row)
+            continue
+        gl = score_group(scorer, [samples[i] for i in g], comps, cfg.prompts.compressor, exact_ids=exact,
+                         mode=mi.mode)
+        row["tokenization"] = gl.tokenization
+        if gl.error:
+            row["error"] = gl.error
+            errors.append(gl.error)
+            writer.write("mi", row)
+            continue
+        est = estimate_mi(gl.logp, n_boot=mi.n_boot, seed=cfg.seed, scorer_is_sampler=exact, plain_sampling=plain)
+        mean_tok = float(gl.tokens.mean())
+        row.update(est.to_dict())
+        row.pop("pointwise_bits", None)
+        row.update({"mean_tokens": mean_tok, "bits_per_token": bits_per_token(est.bits, mean_tok),
+                    "forwarded_tokens": gl.forwarded_tokens, "lower_bound_tokens": gl.lower_bound_tokens,
+                    "error": None})
+        writer.write("mi", row)
+        ok_logp.append(gl.logp)
+        ok_tokens.append(gl.tokens)
+        fwd += gl.forwarded_tokens
+        lower += gl.lower_bound_tokens
+    overall: dict[str, Any] = {**base, "group_id": "*", "n_groups": len(groups), "n_groups_ok": len(ok_logp),
+                               "errors": errors}
+    if not groups:
+        overall["error"] = (f"no question group has ≥ {mi.min_contexts} contexts; raise task.size "
+                            "or lower mi.min_contexts")
+    elif errors:
+        overall["error"] = f"{len(errors)} of {len(groups)} group estimates failed: {errors[0]}"
+    else:
+        est = estimate_mi_groups(ok_logp, n_boot=mi.n_boot, seed=cfg.seed, scorer_is_sampler=exact,
+                                 plain_sampling=plain)
+        mean_tok = float(np.concatenate([t.ravel() for t in ok_tokens]).mean())
+        bpt = bits_per_token(est.bits, mean_tok)
+        overall.update({
+            "bits": est.bits, "ci": list(est.ci), "upper_bits": est.upper_bits, "upper_is_bound": est.upper_is_bound,
+            "saturated_fraction": est.saturated_fraction, "n_contexts": sum(len(x) for x in ok_logp),
+            "mean_tokens": mean_tok, "rate_bits": est.bits, "bits_per_token": bpt,
+            "bits_per_token_is_lower_bound": est.saturated_fraction >= 0.5,
+            "tokenization": "exact-ids" if exact else "proxy",
+            "forwarded_tokens": fwd, "lower_bound_tokens": lower,
+            "forwarded_ratio": (fwd / lower) if lower else None, "error": None})
+    writer.write("mi", overall)
+    return overall
