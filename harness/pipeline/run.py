@@ -327,8 +327,8 @@ def format_table(summary: dict[str, Any]) -> str:
                 f"| {u['seconds']:.1f} | {int(u['cached'])} |"
             )
     if summary.get("mi"):
-        lines += ["", "| MI scorer | groups | contexts | M | bits (95% CI) | upper | bits/token | saturated | fwd ratio |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        head = "| MI scorer | groups | contexts | M | bits (95% CI) | upper | bits/token | saturated | fwd ratio |"
+        lines += ["", head, "|---|---|---|---|---|---|---|---|---|"]
         for r in summary["mi"]:
             if r.get("error"):
                 lines.append(f"| {r['scorer']} | {r['n_groups']} | - | {r['samples_per_context']} | "
