@@ -7,10 +7,12 @@ from harness.records import Message, Sample
 
 
 def choices_block(sample: Sample) -> str:
+    """The options as a list; the model is asked to copy the right one (letters invite position bias
+    in small models, and the metric parses option text as well as letters)."""
     if not sample.choices:
         return ""
-    lines = [f"{chr(65 + k)}. {c}" for k, c in enumerate(sample.choices)]
-    return "Options:\n" + "\n".join(lines) + "\nReply with the letter and the text of the correct option."
+    lines = [f"- {c}" for c in sample.choices]
+    return "Options:\n" + "\n".join(lines) + "\nReply with the correct option, copied exactly."
 
 
 def render(prompt: Prompt, **fields: str) -> list[Message]:
