@@ -155,6 +155,7 @@ class GenerationSettings(_Strict):
 class Output(_Strict):
     dir: str = "results/{name}"
     cache: str | None = "results/cache.sqlite"
+    store: str | None = "results/store.db"  # SQLite path or postgresql:// URL; null: JSONL files only
 
 
 class MIConfig(_Strict):

@@ -50,7 +50,11 @@ def test_run_with_mi_section(tmp_path):
         "arms": ["compressed"],
         "generation": {"compressor": {"max_new_tokens": 12}, "predictor": {"max_new_tokens": 4}},
         "mi": {"samples_per_context": 2, "scorers": ["self"], "n_boot": 200},
-        "output": {"dir": str(tmp_path / "out"), "cache": str(tmp_path / "c.sqlite")},
+        "output": {
+            "dir": str(tmp_path / "out"),
+            "cache": str(tmp_path / "c.sqlite"),
+            "store": str(tmp_path / "store.db"),
+        },
     }
     cfg = load_config(REPO / "configs" / "quickstart.yaml", over)
     s1 = run(cfg, quiet=True)

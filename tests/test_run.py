@@ -11,7 +11,14 @@ from tests.conftest import REPO, need_pack
 
 
 def _cfg(tmp_path: Path, **overrides):
-    base = {"task": {"size": 2}, "output": {"dir": str(tmp_path / "out"), "cache": str(tmp_path / "cache.sqlite")}}
+    base = {
+        "task": {"size": 2},
+        "output": {
+            "dir": str(tmp_path / "out"),
+            "cache": str(tmp_path / "cache.sqlite"),
+            "store": str(tmp_path / "store.db"),
+        },
+    }
     for k, v in overrides.items():
         base[k] = v
     return load_config(REPO / "configs" / "quickstart.yaml", base)
@@ -71,3 +78,25 @@ def test_overflow_rows_are_errors_or_flagged(tmp_path):
     tr = run(_cfg(tmp_path, arms=["full-context"], models=models, overflow="truncate"), quiet=True)
     (row,) = tr["rows"]
     assert row["errors"] == 0 and row["truncated"] == 2 and row["scored"] == 2
+
+
+def test_run_rows_land_in_the_store(tmp_path):
+    """Every number of the run table can be recomputed from the store's rows."""
+    need_pack("smollm2-135m")
+    from harness import results
+
+    models = {"compressor": {"model": "gguf/smollm2-135m"}, "predictor": {"model": "gguf/smollm2-135m"}}
+    gen = {"compressor": {"max_new_tokens": 12}, "predictor": {"max_new_tokens": 6}}
+    s = run(_cfg(tmp_path, models=models, generation=gen, arms=["compressed", "no-context"]), quiet=True)
+    dfs = results.load(str(tmp_path / "store.db"))
+    assert len(dfs["runs"]) == 1 and dfs["runs"]["status"].iloc[0] == "done"
+    assert len(dfs["samples"]) == 2 and len(dfs["compressions"]) == 2 and len(dfs["predictions"]) == 4
+    view = dfs["predictions_scored"]
+    for row in s["rows"]:
+        sub = view[view["arm"] == row["arm"]]
+        assert sub["correct"].mean() == row["accuracy"]
+    comp = view[view["arm"] == "compressed"]
+    assert comp["compression_id"].notna().all()
+    assert int(dfs["usage"]["completion_tokens"].sum()) == sum(
+        int(u["completion_tokens"]) for u in s["usage"].values() if u
+    )

@@ -20,29 +20,10 @@ from harness.config import RunConfig
 from harness.pipeline.compress import CompKey, compress_stage
 from harness.pipeline.mi_stage import mi_stage
 from harness.pipeline.prompts import choices_block, render
+from harness.pipeline.record import Recorder
 from harness.pipeline.stages import Item, add_usage, fit_request, params_from, run_generation_stage
 from harness.records import Generation, GenRequest
 from harness.tasks import load_task
-
-
-class JsonlWriter:
-    """Append-only JSONL files in the run folder, flushed after every row."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-        self._files: dict[str, Any] = {}
-
-    def write(self, name: str, row: dict[str, Any]) -> None:
-        f = self._files.get(name)
-        if f is None:
-            f = self._files[name] = open(self.folder / f"{name}.jsonl", "w")
-        f.write(json.dumps(row, default=str) + "\n")
-        f.flush()
-
-    def close(self) -> None:
-        for f in self._files.values():
-            f.close()
 
 
 def _git_commit() -> str | None:
@@ -85,7 +66,26 @@ def run(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
     # each run writes its own folder; earlier runs are never overwritten
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
     out_dir = cfg.output_dir() / run_id
-    writer = JsonlWriter(out_dir)
+    store = None
+    if cfg.output.store:
+        from harness.store import Store
+
+        store = Store.open(cfg.output.store)
+        store.start_run(run_id=run_id, name=cfg.name, config=cfg, git_commit=_git_commit())
+        store.add_samples(cfg.task.name, samples)
+    writer = Recorder(out_dir, store, run_id, cfg.task.name)
+    if comp_be is not None:
+        writer.model("compressor", comp_be.identity())
+    writer.model("predictor", pred_be.identity())
+    if cfg.models.scorer is not None and cfg.mi is not None and "scorer" in cfg.mi.scorers:
+        sc_be = make_backend(cfg.models.scorer, field="models.scorer.model", cache=cache)
+        writer.model("scorer", sc_be.identity())
+    knobs = {"compressor_generation": cfg.generation.compressor.model_dump(),
+             "predictor_generation": cfg.generation.predictor.model_dump(), "seed": cfg.seed,
+             "mi": cfg.mi.model_dump() if cfg.mi else None}
+    for arm in cfg.arms:
+        writer.cell(arm, knobs)
+    writer.predictor_kind = "sample" if cfg.mi is not None and cfg.mi.predictor_reads == "sample0" else "greedy"
     (out_dir / "run.json").write_text(
         json.dumps(
             {
@@ -140,8 +140,6 @@ def run(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
             mi_rows.append(mi_stage(cfg, comp_be, "self", comp_be.identity(), samples, comp, writer))
         comp_be.close()
         if cfg.mi is not None and "scorer" in cfg.mi.scorers:
-            assert cfg.models.scorer is not None
-            sc_be = make_backend(cfg.models.scorer, field="models.scorer.model", cache=cache)
             identities["scorer"] = asdict(sc_be.identity())
             mi_rows.append(mi_stage(cfg, sc_be, cfg.models.scorer.model, comp_be.identity(), samples, comp, writer))
             sc_be.close()
@@ -234,6 +232,9 @@ def run(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     (out_dir / "table.md").write_text(format_table(summary))
     writer.close()
+    if store is not None:
+        store.finish_run(run_id, "done")
+        store.close()
     if cache is not None:
         cache.close()
     return summary

@@ -1,0 +1,141 @@
+"""Where a run's rows go as work finishes: JSONL files in the run folder and the results store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from harness.records import ModelIdentity, Usage
+
+
+class Recorder:
+    """Append-only JSONL files (flushed per row) mirrored into the results store, row by row.
+
+    Each `write(kind, row)` is one transaction in the store; ids that link rows (compression →
+    prediction → score) are kept here so later rows can point at earlier ones.
+    """
+
+    def __init__(self, folder: Path, store: Any = None, run_id: str = "", task: str = ""):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self._files: dict[str, Any] = {}
+        self.store = store
+        self.run_id = run_id
+        self.task = task
+        self.models: dict[str, int] = {}  # role -> model_id
+        self.cells: dict[str, str] = {}  # arm -> cell_id
+        self.comp_ids: dict[tuple[str, str, int], int] = {}  # (sample_id, kind, j) -> compression_id
+        self.pred_ids: dict[tuple[str, str], int] = {}  # (sample_id, arm) -> prediction_id
+        self.predictor_kind = "greedy"
+
+    def model(self, role: str, identity: ModelIdentity) -> None:
+        if self.store is not None:
+            self.models[role] = self.store.model_id(identity)
+
+    def cell(self, arm: str, knobs: dict[str, Any]) -> None:
+        if self.store is None:
+            return
+        cid = f"{self.run_id}/{arm}"
+        self.cells[arm] = self.store.upsert_cell(
+            cell_id=cid,
+            run_id=self.run_id,
+            task=self.task,
+            predictor_model_id=self.models["predictor"],
+            arm=arm,
+            compressor_model_id=self.models.get("compressor") if arm == "compressed" else None,
+            knobs=knobs,
+        )
+
+    def write(self, kind: str, row: dict[str, Any]) -> None:
+        f = self._files.get(kind)
+        if f is None:
+            f = self._files[kind] = open(self.folder / f"{kind}.jsonl", "a")
+        f.write(json.dumps(row, default=str) + "\n")
+        f.flush()
+        if self.store is not None:
+            getattr(self, f"_store_{kind}", lambda r: None)(row)
+
+    # ---- store adapters ----
+    def _store_compressions(self, r: dict[str, Any]) -> None:
+        cid = self.store.add_compression(
+            compressor_model_id=self.models["compressor"],
+            task=self.task,
+            sample_id=r["sample_id"],
+            knob_hash=r.get("knob_hash", ""),
+            text=r["text"],
+            sample_index=r["j"] if r["kind"] == "sample" else -1,
+            seed=r["seed"],
+            token_ids=r["token_ids"],
+            n_tokens=r["n_tokens"],
+            context_tokens=r["context_tokens"],
+            truncated=r["truncated_prompt"],
+            finish_reason=r["finish_reason"],
+            params={"kind": r["kind"]},
+            error=r["error"],
+            run_id=self.run_id,
+            usage=Usage(**r["usage"]),
+        )
+        self.comp_ids[(r["sample_id"], r["kind"], r["j"])] = cid
+
+    def _store_predictions(self, r: dict[str, Any]) -> None:
+        comp = self.comp_ids.get((r["sample_id"], self.predictor_kind, 0)) if r["arm"] == "compressed" else None
+        pid = self.store.add_prediction(
+            cell_id=self.cells[r["arm"]],
+            sample_id=r["sample_id"],
+            arm=r["arm"],
+            text=r["text"],
+            compression_id=comp,
+            truncated=r["truncated_prompt"],
+            error=r["error"],
+            usage=Usage(**r["usage"]),
+        )
+        self.pred_ids[(r["sample_id"], r["arm"])] = pid
+
+    def _store_scores(self, r: dict[str, Any]) -> None:
+        self.store.add_score(
+            prediction_id=self.pred_ids[(r["sample_id"], r["arm"])],
+            metric=r["metric"],
+            value=r["value"],
+            correct=r["correct"],
+            parsed=r["parsed"],
+            flags=r["flags"],
+        )
+
+    def _store_errors(self, r: dict[str, Any]) -> None:
+        self.store.add_error(
+            run_id=self.run_id,
+            stage=r["stage"],
+            message=r["error"],
+            ref_kind=r.get("arm", ""),
+            sample_id=r["sample_id"],
+        )
+
+    def _store_mi(self, r: dict[str, Any]) -> None:
+        role = "compressor" if r["scorer"] == "self" else "scorer"
+        ci = r.get("ci") or [None, None]
+        self.store.add_mi_estimate(
+            run_id=self.run_id,
+            task=self.task,
+            compressor_model_id=self.models["compressor"],
+            scorer_model_id=self.models[role],
+            mode=r["mode"],
+            group_id="" if r["group_id"] == "*" else r["group_id"],
+            n_contexts=r.get("n_contexts"),
+            n_samples=r["samples_per_context"],
+            sampling=r["sampling"],
+            bits=r.get("bits"),
+            ci_lo=ci[0],
+            ci_hi=ci[1],
+            upper_bits=r.get("upper_bits"),
+            upper_is_bound=r.get("upper_is_bound"),
+            saturated_fraction=r.get("saturated_fraction"),
+            bits_per_token=r.get("bits_per_token"),
+            mean_tokens=r.get("mean_tokens"),
+            error=r.get("error"),
+            detail={k: r.get(k) for k in ("tokenization", "forwarded_tokens", "lower_bound_tokens", "scorer_identity")},
+        )
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
