@@ -100,3 +100,23 @@ def test_run_rows_land_in_the_store(tmp_path):
     assert int(dfs["usage"]["completion_tokens"].sum()) == sum(
         int(u["completion_tokens"]) for u in s["usage"].values() if u
     )
+
+
+def test_judge_role_scores_free_text_answers(tmp_path):
+    """FinanceBench's free-text answers are scored by the configured judge; raw output and rubric are stored."""
+    need_pack("smollm2-135m")
+    from harness.metrics import JUDGE_RUBRIC_VERSION
+
+    over = {
+        "task": {"name": "financebench", "size": 2, "options": {"subset": "text"}},
+        "models": {"predictor": {"model": "gguf/smollm2-135m"}, "judge": {"model": "gguf/smollm2-135m"}},
+        "arms": ["no-context"],
+        "generation": {"predictor": {"max_new_tokens": 12}},
+    }
+    s = run(_cfg(tmp_path, **over), quiet=True)
+    scores = [json.loads(x) for x in (Path(s["run_dir"]) / "scores.jsonl").read_text().splitlines()]
+    assert len(scores) == 2 and {x["metric"] for x in scores} == {"judge"}
+    for x in scores:
+        assert x["detail"]["rubric_version"] == JUDGE_RUBRIC_VERSION and "judge_raw" in x["detail"]
+        assert x["parsed"] in ("CORRECT", "INCORRECT") or "unparseable" in x["flags"]
+    assert s["usage"]["judge"]["calls"] == 2

@@ -22,7 +22,7 @@ from harness.pipeline.mi_stage import mi_stage
 from harness.pipeline.prompts import choices_block, render
 from harness.pipeline.record import Recorder
 from harness.pipeline.stages import Item, add_usage, fit_request, params_from, run_generation_stage
-from harness.records import Generation, GenRequest
+from harness.records import Generation, GenParams, GenRequest
 from harness.tasks import load_task
 
 
@@ -202,12 +202,13 @@ def run(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
         run_generation_stage(be, jobs, on_predicted, chunk=max(mp.batch_size, 1) * 2, progress=bar)
     be.close()
 
-    # ---- stage 3: score ----
+    # ---- stage 3: score (a judge model, when configured, for answers that need one) ----
+    judged = judge_stage(cfg, items, cache, usage, writer) if cfg.models.judge is not None else {}
     for it in items:
         if it.error:
             continue
         assert it.prediction is not None
-        it.score = score_prediction(it.sample, it.prediction.text)
+        it.score = judged.get(id(it)) or score_prediction(it.sample, it.prediction.text)
         sc = it.score
         writer.write(
             "scores",
@@ -219,6 +220,7 @@ def run(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
                 "correct": sc.correct,
                 "parsed": sc.parsed,
                 "flags": list(sc.flags),
+                "detail": sc.extra,
             },
         )
 
@@ -238,6 +240,38 @@ def run(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
     if cache is not None:
         cache.close()
     return summary
+
+
+def judge_stage(
+    cfg: RunConfig, items: list[Item], cache: Any, usage: dict[str, dict[str, float]], writer: Recorder
+) -> dict[int, Any]:
+    """Judge the predictions of samples marked `needs_judge` with the `judge` role (one model in memory).
+
+    The rubric is fixed and versioned (`harness.metrics.JUDGE_RUBRIC_VERSION`); the raw output and the
+    verdict are stored with the score. A failed judge call is an error for that sample, never a verdict.
+    """
+    from harness.metrics import build_judge_messages, judge_score
+
+    todo = [it for it in items if not it.error and it.sample.meta.get("needs_judge") and it.prediction is not None]
+    if not todo:
+        return {}
+    assert cfg.models.judge is not None
+    be = make_backend(cfg.models.judge, field="models.judge.model", cache=cache)
+    params = GenParams(max_new_tokens=8, temperature=0.0, seed=cfg.seed)
+    reqs = [GenRequest.chat(build_judge_messages(it.sample.question, it.sample.answers, it.prediction.text), params)
+            for it in todo]
+    gens = be.generate(reqs)
+    be.close()
+    usage.setdefault("judge", {})
+    out: dict[int, Any] = {}
+    for it, g in zip(todo, gens, strict=True):
+        add_usage(usage["judge"], g.usage)
+        if g.error:
+            it.error, it.error_stage = f"judge: {g.error}", "score"
+            writer.write("errors", {"sample_id": it.sample.id, "arm": it.arm, "stage": "score", "error": it.error})
+            continue
+        out[id(it)] = judge_score(it.sample, it.prediction.text, lambda _msgs, t=g.text: t)
+    return out
 
 
 def summarize(cfg: RunConfig, items: list[Item], usage: dict[str, dict[str, float]]) -> dict[str, Any]:
