@@ -226,6 +226,11 @@ def run(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
 
     summary = summarize(cfg, items, usage)
     summary["mi"] = mi_rows
+    summary["predictor_reads"] = (
+        f"sampled compression j=0 (temperature {cfg.mi.temperature}; the channel MI describes)"
+        if writer.predictor_kind == "sample" and cfg.mi is not None
+        else "greedy compressions"
+    )
     summary["identities"] = identities
     summary["wall_seconds"] = round(time.time() - t0, 2)
     summary["model_loads"] = STATS["model_loads"] - stats0.get("model_loads", 0)
@@ -275,6 +280,8 @@ def judge_stage(
 
 
 def summarize(cfg: RunConfig, items: list[Item], usage: dict[str, dict[str, float]]) -> dict[str, Any]:
+    from harness.metrics import accuracy_with_ci
+
     rows = []
     for arm in cfg.arms:
         its = [it for it in items if it.arm == arm]
@@ -291,6 +298,7 @@ def summarize(cfg: RunConfig, items: list[Item], usage: dict[str, dict[str, floa
             "scored": len(scored),
             "errors": len(errors),
             "accuracy": (sum(it.score.correct for it in scored) / len(scored)) if scored else None,
+            "accuracy_ci": list(accuracy_with_ci([it.score.correct for it in scored])[1:]) if scored else None,
             "unparseable": sum("unparseable" in it.score.flags for it in scored),
             "truncated": sum(it.compression_truncated or it.prediction_truncated for it in its),
             "summary_tokens": (sum(ntok) / len(ntok)) if ntok else None,
@@ -322,7 +330,7 @@ def format_table(summary: dict[str, Any]) -> str:
         "compressor",
         "predictor",
         "n",
-        "accuracy",
+        "accuracy [95% CI]",
         "errors",
         "summary_tok",
         "token_ratio",
@@ -341,7 +349,8 @@ def format_table(summary: dict[str, Any]) -> str:
                     r["compressor"],
                     r["predictor"],
                     str(r["n"]),
-                    _f(r["accuracy"], ".3f"),
+                    _f(r["accuracy"], ".3f")
+                    + (f" [{r['accuracy_ci'][0]:.2f}, {r['accuracy_ci'][1]:.2f}]" if r.get("accuracy_ci") else ""),
                     str(r["errors"]),
                     _f(r["summary_tokens"], ".1f"),
                     _f(r["token_ratio"], ".3f"),
@@ -361,6 +370,8 @@ def format_table(summary: dict[str, Any]) -> str:
                 f"| {role} | {int(u['calls'])} | {int(u['prompt_tokens'])} | {int(u['completion_tokens'])} "
                 f"| {u['seconds']:.1f} | {int(u['cached'])} |"
             )
+    if "compressed" in [r["arm"] for r in summary["rows"]] and summary.get("predictor_reads"):
+        lines.append(f"compressed arm: the predictor read {summary['predictor_reads']}")
     if summary.get("mi"):
         head = "| MI scorer | groups | contexts | M | bits (95% CI) | upper | bits/token | saturated | fwd ratio |"
         lines += ["", head, "|---|---|---|---|---|---|---|---|---|"]
