@@ -174,27 +174,17 @@ class OpenAIBackend:
 
     # ---- scoring ----
     def _echo_logprobs(self, text: str) -> tuple[list[float | None], list[int]]:
-        if self.scoring == "vllm-prompt-logprobs":
-            resp = self._call(
-                self.client.completions.create,
-                model=self.name,
-                prompt=text,
-                max_tokens=1,
-                temperature=0.0,
-                echo=True,
-                logprobs=1,
-                extra_body={"prompt_logprobs": 0},
-            )
-        else:
-            resp = self._call(
-                self.client.completions.create,
-                model=self.name,
-                prompt=text,
-                max_tokens=1,
-                temperature=0.0,
-                echo=True,
-                logprobs=1,
-            )
+        extra = {"extra_body": {"prompt_logprobs": 0}} if self.scoring == "vllm-prompt-logprobs" else {}
+        resp = self._call(
+            self.client.completions.create,
+            model=self.name,
+            prompt=text,
+            max_tokens=1,
+            temperature=0.0,
+            echo=True,
+            logprobs=1,
+            **extra,
+        )
         lp = resp.choices[0].logprobs
         return list(lp.token_logprobs), list(lp.text_offset)
 
