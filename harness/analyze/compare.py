@@ -1,0 +1,210 @@
+"""`harness compare STORE CELL_A CELL_B`: a paired comparison of two cells on matched samples.
+
+Pairs match on sample id, and also on the compression when both cells read the same compressions (e.g. two
+predictors of one compressor). A pair where either side has an error (compression, prediction, missing score) is
+dropped and counted. Accuracy: difference A − B with a paired-bootstrap 95% CI and the exact McNemar p-value;
+a metric without a verdict (e.g. bits per byte): mean difference with a paired-bootstrap CI; tokens, seconds,
+FLOPs and dollars: mean per pair; MI: the cells' pooled estimates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness.analyze import stats
+from harness.analyze.report import _f, _isnull, cell_frame, md_table, sample_status
+from harness.errors import UserError
+
+PER_PAIR = (
+    ("summary_tokens", "summary tokens"),
+    ("comp_prompt_tokens", "compressor prompt tokens"),
+    ("comp_completion_tokens", "compressor completion tokens"),
+    ("pred_prompt_tokens", "predictor prompt tokens"),
+    ("pred_completion_tokens", "predictor completion tokens"),
+    ("seconds", "seconds"),
+    ("flops", "FLOPs"),
+    ("dollars", "dollars"),
+)
+
+
+@dataclass
+class Comparison:
+    """The numbers `harness compare` prints."""
+
+    cell_a: dict[str, Any]
+    cell_b: dict[str, Any]
+    matched_on: str
+    n_pairs: int
+    dropped_errors: int
+    dropped_a: int
+    dropped_b: int
+    unmatched_a: int
+    unmatched_b: int
+    duplicates: int
+    acc_a: float | None
+    acc_b: float | None
+    diff: stats.DiffCI | None
+    a_only: int
+    b_only: int
+    mcnemar_p: float | None
+    value: tuple[str, float, float, stats.DiffCI] | None = None  # a metric without a verdict: (name, A, B, A − B)
+    means: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    mi: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _per_pair_values(p: pd.DataFrame) -> pd.DataFrame:
+    out = p.copy()
+    out["seconds"] = out["pred_seconds"].astype(float).fillna(0) + out["comp_seconds"].astype(float).fillna(0)
+    none = out["pred_seconds"].isna() & out["comp_seconds"].isna()
+    out.loc[none, "seconds"] = np.nan
+    for k in ("flops", "dollars"):
+        a, b = out[f"pred_{k}"].astype(float), out[f"comp_{k}"].astype(float)
+        out[k] = a.fillna(0) + b.fillna(0)
+        out.loc[a.isna() & b.isna(), k] = np.nan
+    return out
+
+
+def _mean(s: pd.Series) -> float | None:
+    s = pd.to_numeric(s, errors="coerce").dropna()
+    return float(s.mean()) if len(s) else None
+
+
+def compare_cells(url: str | Path, cell_a: str, cell_b: str, n_boot: int = 2000, seed: int = 0) -> Comparison:
+    """Paired comparison of two cells of the store at `url` (unknown cell id → UserError)."""
+    from harness.results import load
+    from harness.store.redact import redact_url
+
+    frames = load(url)
+    known = set(frames["cells"]["cell_id"])
+    for c in (cell_a, cell_b):
+        if c not in known:
+            hint = ", ".join(sorted(known)[:5]) or "none"
+            raise UserError(
+                f"unknown cell {c!r} in {redact_url(str(url))} (cells: {hint}{', ...' if len(known) > 5 else ''})"
+            )
+    if cell_a == cell_b:
+        raise UserError(f"compare needs two different cells; got {cell_a!r} twice")
+    cells, preds, _ = cell_frame(frames)
+    ca = cells[cells["cell_id"] == cell_a].iloc[0]
+    cb = cells[cells["cell_id"] == cell_b].iloc[0]
+    raw = frames["cells"].set_index("cell_id")
+    sides = []
+    for cid in (cell_a, cell_b):
+        c = raw.loc[cid].copy()
+        c["cell_id"] = cid
+        sides.append(_per_pair_values(sample_status(frames, c, preds[preds["cell_id"] == cid])))
+    pa, pb = sides
+    shared = set(pa["compression_id"].dropna().astype(int)) & set(pb["compression_id"].dropna().astype(int))
+    keys = ["sample_id", "_comp"] if shared else ["sample_id"]
+    notes: list[str] = []
+    dup = 0
+    # a row without a compression (an error before compressing or predicting) takes the sample's compression
+    by_sample = pd.concat([pa, pb]).dropna(subset=["compression_id"]).drop_duplicates("sample_id")
+    fill = dict(zip(by_sample["sample_id"], by_sample["compression_id"].astype(int), strict=True))
+    for p in (pa, pb):
+        p["_comp"] = p["compression_id"].fillna(p["sample_id"].map(fill)).astype("Int64") if shared else 0
+    pa = pa.sort_values(["sample_id", "compression_id"])
+    pb = pb.sort_values(["sample_id", "compression_id"])
+    for i, p in enumerate((pa, pb)):
+        d = int(p.duplicated(keys).sum())
+        if d:
+            dup += d
+            notes.append(f"cell {'AB'[i]}: {d} extra prediction(s) for an already matched key ignored (first kept)")
+    pa = pa.drop_duplicates(keys)
+    pb = pb.drop_duplicates(keys)
+    m = pa.merge(pb, on=keys, how="outer", suffixes=("_a", "_b"), indicator=True)
+    both = m[m["_merge"] == "both"]
+    err_a = both["status_a"] == "error"
+    err_b = both["status_b"] == "error"
+    good = both[~err_a & ~err_b]
+    verdict = good[(good["status_a"] == "ok") & (good["status_b"] == "ok")]
+    a = verdict["correct_a"].astype(bool).to_numpy()
+    b = verdict["correct_b"].astype(bool).to_numpy()
+    diff = stats.paired_bootstrap_diff(a, b, n_boot, seed) if len(verdict) else None
+    n10, n01 = stats.discordant(a, b) if len(verdict) else (0, 0)
+    if 0 < len(verdict) < len(good):
+        notes.append(f"accuracy over the {len(verdict)} pairs where both sides have a verdict")
+    value = None
+    vals = good[(good["status_a"] == "value") & (good["status_b"] == "value") & (good["metric_a"] == good["metric_b"])]
+    if len(vals):
+        metric = ",".join(sorted(vals["metric_a"].unique()))
+        va, vb = vals["value_a"].astype(float).to_numpy(), vals["value_b"].astype(float).to_numpy()
+        value = (metric, float(va.mean()), float(vb.mean()), stats.paired_bootstrap_diff(va, vb, n_boot, seed))
+    means = {label: (_mean(good[f"{k}_a"]), _mean(good[f"{k}_b"])) for k, label in PER_PAIR}
+    mi = {
+        "MI bits": (ca["mi_bits"], cb["mi_bits"]),
+        "bits/token": (ca["bits_per_token"], cb["bits_per_token"]),
+    }
+    mi = {k: (None if _isnull(x) else float(x), None if _isnull(y) else float(y)) for k, (x, y) in mi.items()}
+    if ca["mi_scorer"] != cb["mi_scorer"] and not _isnull(ca["mi_bits"]) and not _isnull(cb["mi_bits"]):
+        notes.append(f"MI scored by different models: A {ca['mi_scorer']}, B {cb['mi_scorer']}")
+    return Comparison(
+        cell_a=ca.to_dict(),
+        cell_b=cb.to_dict(),
+        matched_on="sample id and compression" if shared else "sample id",
+        n_pairs=len(good),
+        dropped_errors=int((err_a | err_b).sum()),
+        dropped_a=int(err_a.sum()),
+        dropped_b=int(err_b.sum()),
+        unmatched_a=int((m["_merge"] == "left_only").sum()),
+        unmatched_b=int((m["_merge"] == "right_only").sum()),
+        duplicates=dup,
+        acc_a=float(a.mean()) if len(verdict) else None,
+        acc_b=float(b.mean()) if len(verdict) else None,
+        diff=diff,
+        a_only=n10,
+        b_only=n01,
+        mcnemar_p=stats.mcnemar_exact(a, b) if len(verdict) else None,
+        value=value,
+        means=means,
+        mi=mi,
+        notes=notes,
+    )
+
+
+def _d(x: float | None, y: float | None, spec: str) -> str:
+    return "-" if x is None or y is None else format(x - y, spec)
+
+
+def format_comparison(c: Comparison) -> str:
+    """A small markdown table plus the pairing counts and the test results."""
+    a, b = c.cell_a, c.cell_b
+    lines = [
+        f"A: {a['cell_id']}  ({a['arm']}, {a['compressor']} → {a['predictor']}, task {a['task']})",
+        f"B: {b['cell_id']}  ({b['arm']}, {b['compressor']} → {b['predictor']}, task {b['task']})",
+        f"pairs: {c.n_pairs} matched on {c.matched_on}; dropped for errors: {c.dropped_errors} "
+        f"(A errored {c.dropped_a}, B errored {c.dropped_b}); unmatched: A {c.unmatched_a}, B {c.unmatched_b}",
+        "",
+    ]
+    rows = []
+    if c.diff is not None:
+        rows.append(["accuracy", _f(c.acc_a), _f(c.acc_b), f"{c.diff.diff:+.3f} [{c.diff.lo:+.3f}, {c.diff.hi:+.3f}]"])
+    else:
+        rows.append(["accuracy", "-", "-", "-"])
+    if c.value is not None:
+        name, x, y, d = c.value
+        rows.append([f"{name} (mean)", f"{x:.3f}", f"{y:.3f}", f"{d.diff:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}]"])
+    for label, (x, y) in c.means.items():
+        if x is None and y is None:
+            continue
+        spec = ".3g" if label in ("FLOPs", "dollars") else ".2f"
+        rows.append([f"{label} (mean)", _f(x, spec), _f(y, spec), _d(x, y, "+" + spec)])
+    for label, (x, y) in c.mi.items():
+        rows.append([label, _f(x, ".3f"), _f(y, ".3f"), _d(x, y, "+.3f")])
+    lines.append(md_table(["", "A", "B", "A − B"], rows))
+    lines.append("")
+    if c.diff is not None:
+        lines.append(
+            f"accuracy: A − B = {c.diff.diff:+.3f}, paired bootstrap 95% CI [{c.diff.lo:+.3f}, {c.diff.hi:+.3f}]; "
+            f"exact McNemar p = {c.mcnemar_p:.3g} (A right/B wrong {c.a_only}, A wrong/B right {c.b_only})"
+        )
+    elif c.value is None:
+        lines.append("accuracy: no error-free matched pairs, nothing to test")
+    lines += [f"note: {n}" for n in c.notes]
+    return "\n".join(lines)

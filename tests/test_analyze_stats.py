@@ -1,0 +1,233 @@
+"""harness.analyze.stats: rate–distortion fit, logistic factors, paired tests, correlation (no models, no store)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import optimize
+
+from harness.analyze import stats
+from harness.analyze.stats import (
+    correlation,
+    discordant,
+    fit_rate_distortion,
+    logistic_factors,
+    mcnemar_exact,
+    paired_bootstrap_diff,
+    rd_curve,
+)
+
+# ----------------------------------------------------------------------------- rate–distortion
+
+
+def test_rd_fit_recovers_planted_parameters_and_intervals_cover_them():
+    rng = np.random.default_rng(1)
+    c, b, d0 = 0.6, 0.8, 0.1
+    r = np.repeat(np.linspace(0.0, 6.0, 10), 2)
+    d = rd_curve(r, c, b, d0) + rng.normal(0.0, 0.01, r.size)
+    fit = fit_rate_distortion(r, d, n_boot=300, seed=0)
+    assert fit.identifiable and fit.ok and fit.n_points == 20 and fit.n_distinct == 20
+    assert fit.C == pytest.approx(c, abs=0.05)
+    assert fit.b == pytest.approx(b, abs=0.1)
+    assert fit.D0 == pytest.approx(d0, abs=0.02)
+    for name, true in (("C", c), ("b", b), ("D0", d0)):
+        lo, hi = fit.ci[name]
+        assert lo <= true <= hi, (name, lo, true, hi)
+        assert hi - lo < 0.5  # informative, not the whole bound box
+    assert fit.n_boot_ok > 250 and fit.rmse is not None and fit.rmse < 0.02
+    np.testing.assert_allclose(fit.predict([0.0]), [fit.C + fit.D0])
+
+
+def test_rd_fit_is_deterministic_for_a_seed():
+    r = np.linspace(0, 4, 8)
+    d = rd_curve(r, 0.5, 1.0, 0.2) + np.array([0.01, -0.01, 0.02, 0.0, -0.02, 0.01, 0.0, -0.01])
+    a = fit_rate_distortion(r, d, n_boot=100, seed=3)
+    b = fit_rate_distortion(r, d, n_boot=100, seed=3)
+    assert a.ci == b.ci and a.C == b.C
+
+
+@pytest.mark.parametrize("k", [0, 1, 4])
+def test_rd_fit_under_five_points_is_not_identifiable(k):
+    r = np.arange(k, dtype=float)
+    fit = fit_rate_distortion(r, 1.0 - 0.1 * r)
+    assert not fit.identifiable and not fit.ok and fit.C is None
+    assert f"not identifiable ({k} points" in fit.note
+    with pytest.raises(ValueError):
+        fit.predict(1.0)
+
+
+def test_rd_fit_counts_distinct_points_and_drops_nan():
+    r = [1.0, 1.0, 2.0, 2.0, 3.0, 4.0, float("nan")]
+    d = [0.5, 0.5, 0.4, 0.4, 0.3, 0.2, 0.1]
+    fit = fit_rate_distortion(r, d)
+    assert fit.n_points == 6 and fit.n_distinct == 4 and not fit.identifiable
+
+
+def test_rd_fit_reports_a_failed_optimisation(monkeypatch):
+    def boom(*a, **k):
+        raise RuntimeError("Optimal parameters not found")
+
+    monkeypatch.setattr(optimize, "curve_fit", boom)
+    fit = fit_rate_distortion(np.arange(6.0), np.linspace(0.9, 0.2, 6))
+    assert fit.identifiable and not fit.ok and "did not converge" in fit.note
+
+
+def test_rd_fit_respects_bounds():
+    # increasing distortion with rate: the best fit within b > 0, C ≥ 0 is a flat line at D0 within [0, 1]
+    r = np.arange(6.0)
+    fit = fit_rate_distortion(r, np.linspace(0.1, 0.6, 6), n_boot=50)
+    assert fit.ok and fit.C >= 0 and fit.b > 0 and 0 <= fit.D0 <= 1
+
+
+# ----------------------------------------------------------------------------- paired tests
+
+
+def test_mcnemar_exact_hand_computed_cases():
+    a = [1, 1, 1, 1, 1, 0, 1, 0]
+    b = [0, 0, 0, 0, 0, 0, 1, 0]
+    assert discordant(a, b) == (5, 0)
+    assert mcnemar_exact(a, b) == pytest.approx(2 * 0.5**5)  # 0.0625
+    # 7 vs 1 discordant: 2 * (C(8,0) + C(8,1)) / 2^8
+    a = [1] * 7 + [0] + [1, 0]
+    b = [0] * 7 + [1] + [1, 0]
+    assert discordant(a, b) == (7, 1)
+    assert mcnemar_exact(a, b) == pytest.approx(2 * (1 + 8) / 256)
+    assert mcnemar_exact(b, a) == pytest.approx(2 * (1 + 8) / 256)
+    assert mcnemar_exact([1, 0], [0, 1]) == pytest.approx(1.0)
+    assert mcnemar_exact([1, 0, 1], [1, 0, 1]) == 1.0  # no discordant pairs
+    with pytest.raises(ValueError):
+        mcnemar_exact([1, 0], [1])
+
+
+def test_paired_bootstrap_covers_the_true_difference():
+    rng = np.random.default_rng(7)
+    n = 600
+    u = rng.random(n)
+    a = (u < 0.7).astype(int)  # P(a)=0.7
+    b = (u < 0.5).astype(int)  # P(b)=0.5, positively correlated with a
+    res = paired_bootstrap_diff(a, b, n_boot=2000, seed=0)
+    assert res.n == n and res.diff == pytest.approx(a.mean() - b.mean())
+    assert res.lo <= 0.2 <= res.hi
+    assert res.lo > 0  # the difference is detected
+    assert res.hi - res.lo < 0.1
+    # paired: the interval is narrower than an unpaired one would be (sd of a−b is small here)
+    unpaired_half = 1.96 * math.sqrt(0.7 * 0.3 / n + 0.5 * 0.5 / n)
+    assert (res.hi - res.lo) / 2 < unpaired_half
+
+
+def test_paired_bootstrap_no_difference_interval_contains_zero_and_is_seeded():
+    a = [1, 0, 1, 0, 1, 1, 0, 0, 1, 0]
+    r1 = paired_bootstrap_diff(a, a, n_boot=500, seed=1)
+    assert (r1.diff, r1.lo, r1.hi) == (0.0, 0.0, 0.0)
+    b = [0, 1, 1, 0, 1, 0, 0, 1, 1, 0]
+    assert paired_bootstrap_diff(a, b, 500, 4) == paired_bootstrap_diff(a, b, 500, 4)
+    with pytest.raises(ValueError):
+        paired_bootstrap_diff([], [])
+
+
+# ----------------------------------------------------------------------------- correlation
+
+
+def test_correlation_values_and_too_few_points():
+    assert correlation([1, 2], [3, 4]) is None
+    assert correlation([1, 2, float("nan")], [3, 4, 5]) is None
+    x = np.arange(1.0, 8.0)
+    c = correlation(x, 2 * x + 1)
+    assert c is not None and c.n == 7 and c.pearson_r == pytest.approx(1.0) and c.spearman_rho == pytest.approx(1.0)
+    c = correlation(x, x**4)  # monotone, not linear
+    assert c.spearman_rho == pytest.approx(1.0) and c.pearson_r < 0.99
+    c = correlation(x, -x)
+    assert c.pearson_r == pytest.approx(-1.0)
+    c = correlation(x, np.ones(7))
+    assert c is not None and math.isnan(c.pearson_r)
+
+
+# ----------------------------------------------------------------------------- logistic factors
+
+
+def _synthetic(n: int = 1200, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    fam = rng.choice(["a", "b", "c"], n)
+    size = rng.uniform(27, 31, n)  # log2 params
+    noise = rng.normal(0, 1, n)  # a factor with no effect
+    sid = rng.integers(0, 150, n)
+    lp = -12.0 + 0.4 * size + 1.0 * (fam == "b") - 1.0 * (fam == "c")
+    y = (rng.random(n) < 1 / (1 + np.exp(-lp))).astype(int)
+    return pd.DataFrame({"y": y, "family": fam, "log2_size": size, "noise": noise, "sample": sid})
+
+
+def test_logistic_recovers_planted_coefficients():
+    res = logistic_factors(_synthetic(), "y", ["family", "log2_size", "noise"], "sample")
+    assert res.ok and res.robust and res.n == 1200 and res.n_clusters == 150
+    co = {c.term: c for c in res.coefs}
+    assert set(co) == {"const", "family=b", "family=c", "log2_size", "noise"}
+    assert co["log2_size"].lo <= 0.4 <= co["log2_size"].hi and co["log2_size"].lo > 0
+    assert co["family=b"].lo <= 1.0 <= co["family=b"].hi and co["family=b"].lo > 0
+    assert co["family=c"].lo <= -1.0 <= co["family=c"].hi and co["family=c"].hi < 0
+    assert co["noise"].lo < 0 < co["noise"].hi
+    lr = {t.factor: t for t in res.lr_tests}
+    assert lr["family"].df == 2 and lr["log2_size"].df == 1
+    assert lr["log2_size"].p < 1e-6 and lr["family"].p < 1e-6 and lr["noise"].p > 0.01
+    assert res.notes == []
+
+
+def test_logistic_cluster_robust_intervals_widen_with_duplicated_clusters():
+    d = _synthetic(300, seed=2)
+    dup = pd.concat([d] * 6, ignore_index=True)  # every row 6 times: the same sample counted 6 times
+    dup["row"] = np.arange(len(dup))
+    naive = logistic_factors(dup, "y", ["log2_size"], "row")  # one cluster per row: ~ the naive covariance
+    robust = logistic_factors(dup, "y", ["log2_size"], "sample")
+    w_naive = next(c.hi - c.lo for c in naive.coefs if c.term == "log2_size")
+    w_robust = next(c.hi - c.lo for c in robust.coefs if c.term == "log2_size")
+    assert w_robust > 1.8 * w_naive
+
+
+def test_logistic_flags_confounded_and_constant_factors():
+    d = _synthetic(600, seed=3)
+    # family determines size exactly: a → 27, b → 29, c → 31 (as when each family has one size)
+    d["comp_size"] = d["family"].map({"a": 27.0, "b": 29.0, "c": 31.0})
+    d["predictor_size"] = 30.0
+    res = logistic_factors(d, "y", ["family", "comp_size", "predictor_size"], "sample")
+    assert res.ok
+    assert res.dropped == {"predictor_size": "constant", "comp_size": "confounded"}
+    assert any("comp_size is confounded with family" in n for n in res.notes)
+    assert any("predictor_size is constant" in n for n in res.notes)
+    assert res.factors == ["family"]
+    # a numeric copy of another factor is confounded too
+    d["size2"] = 2 * d["log2_size"] + 1
+    res = logistic_factors(d, "y", ["log2_size", "size2"], "sample")
+    assert res.dropped == {"size2": "confounded"} and [c.term for c in res.coefs] == ["const", "log2_size"]
+
+
+def test_logistic_degenerate_inputs_give_notes_not_crashes():
+    d = _synthetic(200, seed=4)
+    ones = d.assign(y=1)
+    res = logistic_factors(ones, "y", ["family"], "sample")
+    assert not res.ok and "constant" in res.notes[-1]
+    res = logistic_factors(d.assign(k=1.0), "y", ["k"], "sample")
+    assert not res.ok and "no factor varies" in res.notes[-1]
+    res = logistic_factors(d.iloc[:0], "y", ["family"], "sample")
+    assert not res.ok and res.n == 0
+    # perfect separation: the outcome is the family
+    sep = d.assign(y=(d["family"] == "a").astype(int))
+    res = logistic_factors(sep, "y", ["family"], "sample")
+    assert any("separation" in n or "converge" in n or "failed" in n for n in res.notes)
+    one = d.assign(sample=0)
+    res = logistic_factors(one, "y", ["log2_size"], "sample")
+    assert res.ok and not res.robust and any("one cluster" in n for n in res.notes)
+    with pytest.raises(ValueError):
+        logistic_factors(d, "y", ["nope"], "sample")
+
+
+def test_logistic_missing_rows_are_noted():
+    d = _synthetic(300, seed=5)
+    d.loc[:9, "log2_size"] = np.nan
+    res = logistic_factors(d, "y", ["log2_size"], "sample")
+    assert res.ok and res.n == 290 and any("10 rows" in n for n in res.notes)
+
+
+def test_min_points_constant():
+    assert stats.MIN_RD_POINTS == 5

@@ -1,0 +1,395 @@
+"""`harness report` and `harness compare` on stores built row by row with the Store API (planted numbers).
+
+SQLite always; PostgreSQL too when HARNESS_TEST_PG_URL is set (skipped otherwise).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.analyze.compare import compare_cells
+from harness.analyze.report import build_report, default_out_dir, params_from_meta, parse_family, parse_size
+from harness.cli import main
+from harness.records import Document, ModelIdentity, Sample, Usage
+from harness.store import Store
+
+PG_URL = os.environ.get("HARNESS_TEST_PG_URL", "").strip()
+TASK = "syn"
+RUN = "r1"
+N = 10
+
+# correctness per cell and sample (None: that sample errored in that cell)
+PLAN: dict[tuple[str, str], list[int | None]] = {
+    ("c1", "p1"): [1, 1, 1, 0, 0, 0, 0, 0, 0, None],  # s9: the prediction errored → 3/9
+    ("c2", "p1"): [1, 1, 1, 1, 1, 0, 0, 0, None, 1],  # s8: c2's compression errored → 6/9
+    ("c3", "p1"): [1, 1, 1, 1, 1, 1, 1, 1, 0, 0],  # 8/10
+    ("c1", "p2"): [1, 1, 1, 1, 1, 0, 0, 0, 0, 0],  # 5/10
+    ("c2", "p2"): [1, 1, 1, 1, 1, 1, 1, 0, None, 0],  # 7/9
+    ("c3", "p2"): [1, 1, 1, 1, 1, 1, 1, 1, 1, 0],  # 9/10
+    ("-", "p1"): [1, 1, 1, 1, 1, 1, 1, None, 1, 0],  # full context; s7: prompt overflow (errors table only) → 8/9
+    ("-", "p2"): [1] * 10,  # 10/10
+}
+SUMMARY_TOKENS = {"c1": 10, "c2": 20, "c3": 30}
+CONTEXT_TOKENS = 100
+MI_PROXY = {"c1": 1.0, "c2": 2.0, "c3": 3.0}
+MI_SELF = {"c1": 1.5, "c2": 2.5, "c3": 3.5}
+MODELS = {
+    "c1": ("smollm2-135m", {"family": "smollm2", "n_params": 135_000_000}),
+    "c2": ("qwen2.5-0.5b", {"size_b": 0.5}),
+    "c3": ("Qwen/Qwen2.5-1.5B-Instruct", None),
+    "p1": ("qwen2.5-coder-3b", {"params": "3B"}),
+    "p2": ("llama-3.1-8b-instruct", None),
+    "sc": ("proxy-scorer", None),
+}
+
+
+def _ident(name: str) -> ModelIdentity:
+    return ModelIdentity("transformers", name, "rev", "bfloat16", "tmpl")
+
+
+def cell_id(c: str, p: str) -> str:
+    return f"{RUN}/{'full' if c == '-' else c}/{p}"
+
+
+def build_store(url: str) -> dict[str, int]:
+    """The planted store: 3 compressors × 2 predictors, 2 full-context cells, errors, usage and MI estimates."""
+    with Store.open(url) as st:
+        st.start_run(run_id=RUN, name="planted", config={"seed": 0}, package_versions={})
+        ids = {k: st.model_id(_ident(name), meta) for k, (name, meta) in MODELS.items()}
+        st.add_samples(
+            TASK,
+            [
+                Sample(f"s{i}", "q?", (Document("d", f"text {i}"),), (str(i),), group_id="g0", answer_type="number")
+                for i in range(N)
+            ],
+        )
+        comp_ids: dict[tuple[str, int], int] = {}
+        for c in ("c1", "c2", "c3"):
+            for i in range(N):
+                err = "CUDA OOM" if (c, i) == ("c2", 8) else None
+                comp_ids[(c, i)] = st.add_compression(
+                    compressor_model_id=ids[c], task=TASK, sample_id=f"s{i}", knob_hash="k", text="z",
+                    sample_index=-1, n_tokens=None if err else SUMMARY_TOKENS[c], context_tokens=CONTEXT_TOKENS,
+                    error=err, run_id=RUN, usage=Usage(CONTEXT_TOKENS, SUMMARY_TOKENS[c], 0.5),
+                )  # fmt: skip
+        for (c, p), plan in PLAN.items():
+            cid = cell_id(c, p)
+            st.upsert_cell(
+                cell_id=cid, run_id=RUN, task=TASK, predictor_model_id=ids[p],
+                arm="full-context" if c == "-" else "compressed", compressor_model_id=None if c == "-" else ids[c],
+                knobs={"temperature": 0.0, "compressor": c},
+            )  # fmt: skip
+            for i, ok in enumerate(plan):
+                sid = f"s{i}"
+                if c == "-" and ok is None:  # an overflow: no prediction row, one errors-table row
+                    st.add_error(run_id=RUN, stage="predict", message="prompt too long", ref_kind="full-context",
+                                 sample_id=sid)  # fmt: skip
+                    continue
+                if c != "-" and (c, i) == ("c2", 8):  # errored compression: the pipeline makes no prediction
+                    continue
+                pid = st.add_prediction(
+                    cell_id=cid, sample_id=sid, arm="full-context" if c == "-" else "compressed", text="a",
+                    compression_id=None if c == "-" else comp_ids[(c, i)], error="timeout" if ok is None else None,
+                    usage=Usage(50, 2, 0.25), dollars=0.001 if p == "p1" else None,
+                )  # fmt: skip
+                if ok is not None:
+                    st.add_score(prediction_id=pid, metric="numeric_match", value=float(ok), correct=bool(ok))
+        for c in ("c1", "c2", "c3"):
+            for scorer, bits in ((ids["sc"], MI_PROXY[c]), (ids[c], MI_SELF[c])):
+                st.add_mi_estimate(
+                    run_id=RUN, task=TASK, compressor_model_id=ids[c], scorer_model_id=scorer, mode="conditional",
+                    n_contexts=10, n_samples=2, bits=bits, ci_lo=bits - 0.2, ci_hi=bits + 0.2,
+                    bits_per_token=bits / SUMMARY_TOKENS[c], saturated_fraction=0.1,
+                )  # fmt: skip
+            st.add_mi_estimate(  # a per-group estimate: never used as the pooled one
+                run_id=RUN, task=TASK, group_id="g0", compressor_model_id=ids[c], scorer_model_id=ids["sc"],
+                mode="conditional", bits=99.0,
+            )  # fmt: skip
+        st.finish_run(RUN)
+    return ids
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield str(tmp_path / "planted.db")
+        return
+    if not PG_URL:
+        pytest.skip("HARNESS_TEST_PG_URL not set")
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as e:
+        pytest.skip(f"PostgreSQL unreachable: {str(e)[:100]}")
+    schema = "t_" + uuid.uuid4().hex[:12]
+    with admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+        try:
+            sep = "&" if "?" in PG_URL else "?"
+            yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+        finally:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def _planted_acc(plan: list[int | None]) -> tuple[int, int, int]:
+    ok = [x for x in plan if x is not None]
+    return len(ok), sum(ok), sum(x is None for x in plan)
+
+
+def _row(md: str, cell: str) -> list[str]:
+    line = next(ln for ln in md.splitlines() if ln.startswith(f"| {cell} |"))
+    return [x.strip() for x in line.strip().strip("|").split("|")]
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def test_report_cell_table_matches_planted_numbers(store_url, tmp_path, capsys):
+    build_store(store_url)
+    out = tmp_path / "rep"
+    assert main(["report", store_url, "--out", str(out)]) == 0
+    assert f"report: {out / 'report.md'}" in capsys.readouterr().out
+    md = (out / "report.md").read_text()
+    cells = pd.read_csv(out / "cells.csv").set_index("cell_id")
+    head = next(ln for ln in md.splitlines() if ln.startswith("| cell |"))
+    cols = [x.strip() for x in head.strip().strip("|").split("|")]
+    for (c, p), plan in PLAN.items():
+        n, k, errors = _planted_acc(plan)
+        cid = cell_id(c, p)
+        r = cells.loc[cid]
+        assert (r["n"], r["correct"], r["errors"]) == (n, k, errors), cid
+        assert r["accuracy"] == pytest.approx(k / n)
+        row = dict(zip(cols, _row(md, cid), strict=True))
+        assert row["n"] == str(n) and row["errors"] == str(errors)
+        assert row["accuracy [95% CI]"].startswith(f"{k / n:.3f} [")
+        if c != "-":
+            assert r["summary_tokens"] == pytest.approx(SUMMARY_TOKENS[c])
+            assert r["token_ratio"] == pytest.approx(SUMMARY_TOKENS[c] / CONTEXT_TOKENS)
+            assert r["mi_bits"] == pytest.approx(MI_PROXY[c])  # the common proxy, not self and not the group row
+            assert row["MI scorer"].startswith("proxy-scorer")
+            assert row["MI bits [95% CI]"] == f"{MI_PROXY[c]:.2f} [{MI_PROXY[c] - 0.2:.2f}, {MI_PROXY[c] + 0.2:.2f}]"
+        else:
+            assert row["summary_tok"] == "-" and row["MI bits [95% CI]"] == "-"
+        # dollars only where planted (p1's predictions), '-' elsewhere
+        assert (row["$"] == "-") == (p == "p2")
+    # the stage of each error
+    assert cells.loc[cell_id("c1", "p1"), "errors_predict"] == 1
+    assert cells.loc[cell_id("c2", "p1"), "errors_compress"] == 1
+    assert cells.loc[cell_id("-", "p1"), "errors_predict"] == 1
+    # Wilson interval from harness.metrics
+    from harness.metrics import accuracy_with_ci
+
+    _, lo, hi = accuracy_with_ci([True] * 3 + [False] * 6)
+    assert cells.loc[cell_id("c1", "p1"), "acc_lo"] == pytest.approx(lo)
+    assert cells.loc[cell_id("c1", "p1"), "acc_hi"] == pytest.approx(hi)
+    # predictor cost: 9 or 10 predictions of 50 + 2 tokens; compressor cost counted per compression read
+    r = cells.loc[cell_id("c3", "p1")]
+    assert r["pred_prompt_tokens"] == 500 and r["comp_completion_tokens"] == 10 * 30
+    assert r["dollars"] == pytest.approx(0.01)
+    assert "scored by proxy-scorer, a common proxy" in md
+
+
+def test_report_sections_sizes_and_not_identifiable(store_url, tmp_path):
+    build_store(store_url)
+    rep = build_report(store_url, tmp_path / "rep", n_boot=50)
+    md = rep.path.read_text()
+    # sizes from meta (n_params, size_b, params text) and from names
+    for name, size in (("smollm2-135m", "135M"), ("qwen2.5-0.5b", "500M"), ("Qwen/Qwen2.5-1.5B-Instruct", "1.5B"),
+                       ("qwen2.5-coder-3b", "3B"), ("llama-3.1-8b-instruct", "8B")):  # fmt: skip
+        assert re.search(rf"\| {re.escape(name)} \| [a-z/]+ \| [^|]+ \| {size} \|", md), name
+    # 3 compressors per predictor: no rate–distortion fit
+    assert md.count("not identifiable (3 points") == 2
+    assert "C = " not in md
+    for f in ("scaling-accuracy.png", "scaling-mi-bits.png", "scaling-bits-per-token.png",
+              "scaling-accuracy-predictor.png"):  # fmt: skip
+        assert (rep.folder / f).stat().st_size > 1000 and f"]({f})" in md
+    assert len(list(rep.folder.glob("rd-*.png"))) == 2
+    # correlations over 3 points per predictor and 6 over both
+    assert re.search(r"\| syn, all predictors \| MI bits \| 6 \|", md)
+    assert re.search(r"\| syn, qwen2.5-coder-3b \| MI bits \| 3 \|", md)
+    assert "| syn, all predictors | bits/token | 6 | undefined (x or accuracy is constant) |" in md  # all 0.1
+    # factor importance: two families (smollm2, qwen2.5), three compressor sizes, two predictor sizes
+    sec = md.split("## Factor importance", 1)[1]
+    assert "n = 57 predictions, 10 samples" in sec
+    for f in ("compressor_family", "log2_compressor_params", "log2_predictor_params"):
+        assert re.search(rf"\| {f} \| [\d.]+ \| 1 \|", sec), f  # an LR test row
+    assert "confounded" not in sec
+    assert "### Errors by stage" in md
+    # the run filter and an unknown run
+    rep2 = build_report(store_url, tmp_path / "rep2", run_id=RUN, n_boot=10)
+    assert len(rep2.cells) == len(PLAN)
+    assert main(["report", store_url, "--out", str(tmp_path / "x"), "--run", "nope"]) == 2
+
+
+def test_report_rate_distortion_fit_with_enough_points(tmp_path):
+    url = str(tmp_path / "rd.db")
+    c, b, d0 = 0.7, 0.9, 0.1
+    bits = [0.5, 1.0, 1.5, 2.0, 3.0, 4.0]
+    n = 40
+    with Store.open(url) as st:
+        st.start_run(run_id="rd", package_versions={})
+        pred = st.model_id(_ident("pred-7b"))
+        for j, r in enumerate(bits):
+            comp = st.model_id(_ident(f"fam{j}-{j + 1}00m"))  # one size per family: confounded
+            k = round(n * (1 - (c * np.exp(-b * r) + d0)))
+            cid = f"rd/{j}"
+            st.upsert_cell(cell_id=cid, run_id="rd", task="t", predictor_model_id=pred, arm="compressed",
+                           compressor_model_id=comp)  # fmt: skip
+            for i in range(n):
+                pid = st.add_prediction(cell_id=cid, sample_id=f"s{i}", arm="compressed", text="x")
+                st.add_score(prediction_id=pid, metric="em", value=float(i < k), correct=i < k)
+            st.add_mi_estimate(run_id="rd", task="t", compressor_model_id=comp, scorer_model_id=comp,
+                               mode="conditional", bits=r)  # fmt: skip
+    rep = build_report(url, tmp_path / "out", n_boot=100)
+    md = rep.path.read_text()
+    m = re.search(r"C = ([\d.]+) \[.*?\], b = ([\d.]+) \[.*?\] per bit, D0 = ([\d.]+) \[", md)
+    assert m, md.split("## Rate–distortion")[1][:800]
+    assert float(m.group(1)) == pytest.approx(c, abs=0.1)
+    assert float(m.group(2)) == pytest.approx(b, abs=0.3)
+    assert float(m.group(3)) == pytest.approx(d0, abs=0.05)
+    assert "not identifiable" not in md
+    # each compressor is scored by itself only: no common scorer, and the report says so
+    assert "no scorer is common to all compressors" in md
+    sec = md.split("## Factor importance", 1)[1]
+    assert "log2_compressor_params is confounded with compressor_family" in sec
+    assert "log2_predictor_params is constant" in sec
+
+
+def test_report_on_a_plain_run_explains_missing_sections(tmp_path):
+    url = str(tmp_path / "plain.db")
+    with Store.open(url) as st:
+        st.start_run(run_id="p", package_versions={})
+        comp = st.model_id(_ident("tiny-compressor"))
+        pred = st.model_id(_ident("tiny-predictor"))
+        st.upsert_cell(cell_id="p/c", run_id="p", task="t", predictor_model_id=pred, arm="compressed",
+                       compressor_model_id=comp)  # fmt: skip
+        st.upsert_cell(cell_id="p/n", run_id="p", task="t", predictor_model_id=pred, arm="no-context")
+        for i in range(4):
+            cid = st.add_compression(compressor_model_id=comp, task="t", sample_id=f"s{i}", knob_hash="", text="z",
+                                     token_ids=[1, 2])  # fmt: skip
+            p1 = st.add_prediction(cell_id="p/c", sample_id=f"s{i}", arm="compressed", text="a", compression_id=cid)
+            p2 = st.add_prediction(cell_id="p/n", sample_id=f"s{i}", arm="no-context", text="a")
+            st.add_score(prediction_id=p1, metric="em", value=1.0, correct=i < 3)
+            if i < 3:  # s3 of the no-context cell has no score
+                st.add_score(prediction_id=p2, metric="em", value=0.0, correct=False)
+    out = tmp_path / "rep"
+    assert main(["report", url, "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    cells = pd.read_csv(out / "cells.csv").set_index("cell_id")
+    assert (cells.loc["p/c", "n"], cells.loc["p/c", "correct"], cells.loc["p/c", "errors"]) == (4, 3, 0)
+    assert (cells.loc["p/n", "n"], cells.loc["p/n", "errors"], cells.loc["p/n", "errors_score"]) == (3, 1, 1)
+    assert "No pooled MI estimates" in md
+    assert md.count("Skipped: too little data") == 4
+    assert "not identifiable (0 points)" in md
+    assert "too few points (0 < 3)" in md
+    assert "## Factor importance" in md and "No model fitted" in md
+    # cost columns are '-' without usage rows
+    assert _row(md, "p/c")[-4:] == ["-", "-", "-", "-"]
+    # an empty store works too
+    empty = str(tmp_path / "empty.db")
+    Store.open(empty).close()
+    assert main(["report", empty, "--out", str(tmp_path / "e")]) == 0
+    assert "No cells" in (tmp_path / "e" / "report.md").read_text()
+
+
+def test_metrics_without_a_verdict_are_reported_and_compared(tmp_path, capsys):
+    url = str(tmp_path / "bpb.db")
+    bpb = {"full": [1.0, 1.2, 0.8, 1.0], "none": [2.0, 2.1, 1.9, None]}  # none/s3: no score row → an error
+    with Store.open(url) as st:
+        st.start_run(run_id="d", package_versions={})
+        pred = st.model_id(_ident("pred-1b"))
+        for arm, vals in bpb.items():
+            st.upsert_cell(cell_id=f"d/{arm}", run_id="d", task="fineweb", predictor_model_id=pred, arm=arm)
+            for i, v in enumerate(vals):
+                pid = st.add_prediction(cell_id=f"d/{arm}", sample_id=f"s{i}", arm=arm, text="")
+                if v is not None:
+                    st.add_score(prediction_id=pid, metric="bits_per_byte", value=v, correct=None)
+    out = tmp_path / "rep"
+    assert main(["report", url, "--out", str(out)]) == 0
+    cells = pd.read_csv(out / "cells.csv").set_index("cell_id")
+    assert (cells.loc["d/full", "n"], cells.loc["d/full", "n_value"], cells.loc["d/full", "errors"]) == (0, 4, 0)
+    assert cells.loc["d/full", "value_mean"] == pytest.approx(1.0)
+    assert (cells.loc["d/none", "n_value"], cells.loc["d/none", "errors_score"]) == (3, 1)
+    assert cells.loc["d/none", "value_mean"] == pytest.approx(2.0)
+    md = (out / "report.md").read_text()
+    assert "### Metrics without a right answer" in md and "| d/full | bits_per_byte | 4 | 1.000 [" in md
+    res = compare_cells(url, "d/full", "d/none", n_boot=200)
+    assert res.n_pairs == 3 and res.dropped_b == 1 and res.diff is None
+    assert res.value is not None and res.value[0] == "bits_per_byte"
+    assert res.value[3].diff == pytest.approx(1.0 - 2.0)  # s0..s2: (1.0 + 1.2 + 0.8)/3 − (2.0 + 2.1 + 1.9)/3
+    assert main(["compare", url, "d/full", "d/none"]) == 0
+    assert "| bits_per_byte (mean) | 1.000 | 2.000 | -1.000 [" in capsys.readouterr().out
+
+
+def test_size_and_family_parsing_and_default_dir():
+    assert params_from_meta({"n_params_total": 1_543_714_304, "n_params": 1_300_000_000}) == 1_543_714_304
+    assert params_from_meta({"billions": 0.135}) == pytest.approx(135e6)
+    assert params_from_meta({"size_b": 7}) == 7e9 and params_from_meta({"params": "135M"}) == 135e6
+    assert params_from_meta({"family": "llama"}) is None
+    assert parse_size("smollm2-135m") == 135e6
+    assert parse_size("HuggingFaceTB/SmolLM2-135M-Instruct") == 135e6
+    assert parse_size("qwen2.5-coder-0.5b") == 0.5e9
+    assert parse_size("/m/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf") == 1.5e9
+    assert parse_size("gpt-4o-mini") is None and parse_size("phi-3-mini-4k") is None
+    assert parse_family("qwen2.5-coder-0.5b") == "qwen2.5-coder"
+    assert parse_family("Qwen/Qwen2.5-1.5B-Instruct") == "qwen2.5"
+    assert parse_family("gpt-4o-mini-instruct") == "gpt-4o-mini"
+    assert str(default_out_dir("results/store.db")) == "results/report-store"
+    assert str(default_out_dir("postgresql://u:pw@h:5432/mydb?x=1")) == "results/report-mydb"
+
+
+# ----------------------------------------------------------------------------- compare
+
+
+def test_compare_planted_pairs_on_sample_ids(store_url, capsys):
+    build_store(store_url)
+    a, b = cell_id("c3", "p1"), cell_id("c1", "p1")
+    res = compare_cells(store_url, a, b, n_boot=500)
+    # c1/p1 errored on s9: 9 pairs; A right / B wrong on s3..s7, never the reverse
+    assert res.matched_on == "sample id" and res.n_pairs == 9
+    assert (res.dropped_errors, res.dropped_a, res.dropped_b) == (1, 0, 1)
+    assert (res.a_only, res.b_only) == (5, 0)
+    assert res.mcnemar_p == pytest.approx(2 * 0.5**5)
+    assert res.diff is not None and res.diff.diff == pytest.approx(5 / 9)
+    assert res.diff.lo <= 5 / 9 <= res.diff.hi and res.diff.lo > 0
+    assert res.acc_a == pytest.approx(8 / 9) and res.acc_b == pytest.approx(3 / 9)
+    assert res.means["summary tokens"] == (30.0, 10.0)
+    assert res.mi["MI bits"] == (MI_PROXY["c3"], MI_PROXY["c1"])
+    assert main(["compare", store_url, a, b]) == 0
+    out = capsys.readouterr().out
+    assert "pairs: 9 matched on sample id; dropped for errors: 1 (A errored 0, B errored 1)" in out
+    assert "| accuracy | 0.889 | 0.333 | +0.556 [" in out
+    assert "exact McNemar p = 0.0625 (A right/B wrong 5, A wrong/B right 0)" in out
+    assert "| summary tokens (mean) | 30.00 | 10.00 | +20.00 |" in out
+    assert "| MI bits | 3.000 | 1.000 | +2.000 |" in out
+
+
+def test_compare_shared_compressions_and_error_only_samples(store_url):
+    build_store(store_url)
+    # two predictors reading the same compressions of c1
+    res = compare_cells(store_url, cell_id("c1", "p1"), cell_id("c1", "p2"), n_boot=200)
+    assert res.matched_on == "sample id and compression"
+    assert res.n_pairs == 9 and res.dropped_a == 1 and (res.a_only, res.b_only) == (0, 2)
+    assert res.mcnemar_p == pytest.approx(0.5) and res.diff.diff == pytest.approx(-2 / 9)
+    # the full-context cell's s7 exists only as an errors-table row: a dropped pair, not an unmatched one
+    res = compare_cells(store_url, cell_id("-", "p1"), cell_id("-", "p2"), n_boot=200)
+    assert res.n_pairs == 9 and res.dropped_a == 1 and res.unmatched_a == res.unmatched_b == 0
+    assert (res.a_only, res.b_only) == (0, 1)
+    # c2 skipped s8 (its compression errored) while c3 has it
+    res = compare_cells(store_url, cell_id("c2", "p2"), cell_id("c3", "p2"), n_boot=200)
+    assert res.n_pairs == 9 and res.dropped_a == 1 and res.dropped_b == 0
+
+
+def test_compare_unknown_cell_is_a_one_line_error(store_url, capsys):
+    build_store(store_url)
+    assert main(["compare", store_url, "no/such/cell", cell_id("c1", "p1")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown cell 'no/such/cell'") and "\n" not in err
+    assert main(["compare", store_url, cell_id("c1", "p1"), cell_id("c1", "p1")]) == 2
