@@ -49,11 +49,12 @@ LETTERS = string.ascii_uppercase
 
 @dataclass(frozen=True)
 class MetricResult:
-    """One scored prediction. `correct` is what accuracy counts; `value` is the metric's own number."""
+    """One scored prediction. `correct` is what accuracy counts (None for metrics without a right answer,
+    e.g. bits per byte); `value` is the metric's own number."""
 
     name: str
     value: float
-    correct: bool
+    correct: bool | None
     parsed: str | None
     flags: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
@@ -774,3 +775,23 @@ def accuracy_with_ci(correct: Sequence[bool], alpha: float = 0.05) -> tuple[floa
     lo = 0.0 if k == 0 else max(0.0, centre - half)  # exact bounds at the edges (no rounding residue)
     hi = 1.0 if k == n else min(1.0, centre + half)
     return p, lo, hi
+
+
+def mean_with_ci(values: Sequence[float], alpha: float = 0.05) -> tuple[float, float | None, float | None]:
+    """(mean, lo, hi) with Student's t interval at level 1 − alpha; lo = hi = None for one value.
+
+    Empty input → ValueError.
+    """
+    n = len(values)
+    if n == 0:
+        raise ValueError("mean of zero values is undefined")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    m = math.fsum(values) / n
+    if n == 1:
+        return m, None, None
+    from scipy.stats import t
+
+    sd = math.sqrt(math.fsum((v - m) ** 2 for v in values) / (n - 1))
+    half = float(t.ppf(1 - alpha / 2, n - 1)) * sd / math.sqrt(n)
+    return m, m - half, m + half

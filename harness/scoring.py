@@ -28,7 +28,7 @@ import numpy as np
 from harness.backends.base import STATS
 from harness.config import Prompt
 from harness.pipeline.prompts import render
-from harness.records import Generation, Sample, ScoreRequest
+from harness.records import Generation, Message, Sample, ScoreRequest
 
 
 @dataclass
@@ -103,12 +103,22 @@ def score_group(
                      "exact-ids" if exact_ids else "proxy", forwarded_tokens=forwarded, lower_bound_tokens=lower)
 
 
+def reply_request(messages: list[Message] | tuple[tuple[str, str], ...], reply: str, *,
+                  append_eos: bool = False) -> ScoreRequest:
+    """Score `reply` as the assistant's turn after the chat `messages` (the scorer adds its generation prompt).
+
+    `append_eos` also scores the scorer's end-of-turn token (a reply that ends there).
+    """
+    msgs = tuple((m["role"], m["content"]) if isinstance(m, dict) else (m[0], m[1]) for m in messages)
+    return ScoreRequest(messages=msgs, continuation=reply, append_eos=append_eos)
+
+
 def candidate_logp(scorer: Any, samples: list[Sample], candidates: list[str], prompt: Prompt) -> np.ndarray:
     """(N, C) log-probs of fixed candidate summaries under each context (for exact-enumeration checks)."""
     reqs = []
     for x in samples:
-        msgs = tuple((d["role"], d["content"]) for d in render(prompt, question=x.question, context=x.context))
-        reqs.extend(ScoreRequest(messages=msgs, continuation=c, append_eos=True) for c in candidates)
+        msgs = render(prompt, question=x.question, context=x.context)
+        reqs.extend(reply_request(msgs, c, append_eos=True) for c in candidates)
     res = scorer.score(reqs)
     bad = [r.error for r in res if r.error]
     if bad:

@@ -100,6 +100,7 @@ class Recorder:
             correct=r["correct"],
             parsed=r["parsed"],
             flags=r["flags"],
+            detail=r.get("detail"),
         )
 
     def _store_errors(self, r: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ from harness.backends.cache import ResponseCache
 from harness.backends.registry import make_backend
 from harness.config import RunConfig
 from harness.pipeline.compress import CompKey, compress_stage
+from harness.pipeline.distortion import bpb_summary, score_continuations
 from harness.pipeline.mi_stage import mi_stage
 from harness.pipeline.prompts import choices_block, render
 from harness.pipeline.record import Recorder
@@ -151,7 +152,7 @@ def run(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
     pparams = params_from(cfg.generation.predictor, cfg.seed)
     jobs = []
     for it in items:
-        if it.error:
+        if it.error or it.sample.answer_type == "continuation":  # distortion: scored below, not generated
             continue
         s = it.sample
         ch = choices_block(s)
@@ -200,12 +201,13 @@ def run(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
 
     with _progress(len(jobs), "predict", quiet) as bar:
         run_generation_stage(be, jobs, on_predicted, chunk=max(mp.batch_size, 1) * 2, progress=bar)
+    score_continuations(be, items, cfg, writer, usage["predictor"])
     be.close()
 
     # ---- stage 3: score (a judge model, when configured, for answers that need one) ----
     judged = judge_stage(cfg, items, cache, usage, writer) if cfg.models.judge is not None else {}
     for it in items:
-        if it.error:
+        if it.error or it.score is not None:  # continuation items were scored in stage 2
             continue
         assert it.prediction is not None
         it.score = judged.get(id(it)) or score_prediction(it.sample, it.prediction.text)
@@ -286,6 +288,8 @@ def summarize(cfg: RunConfig, items: list[Item], usage: dict[str, dict[str, floa
     for arm in cfg.arms:
         its = [it for it in items if it.arm == arm]
         scored = [it for it in its if it.score is not None]
+        graded = [it for it in scored if it.score.correct is not None]  # bits per byte has no right answer
+        bpb = [it.score.value for it in scored if it.score.name == "bits_per_byte"]
         errors = [it for it in its if it.error]
         comp = [it for it in its if it.compression is not None and not it.compression.error]
         ntok = [len(it.compression.token_ids) or it.compression.usage.completion_tokens for it in comp]
@@ -297,8 +301,9 @@ def summarize(cfg: RunConfig, items: list[Item], usage: dict[str, dict[str, floa
             "n": len(its),
             "scored": len(scored),
             "errors": len(errors),
-            "accuracy": (sum(it.score.correct for it in scored) / len(scored)) if scored else None,
-            "accuracy_ci": list(accuracy_with_ci([it.score.correct for it in scored])[1:]) if scored else None,
+            "accuracy": (sum(it.score.correct for it in graded) / len(graded)) if graded else None,
+            "accuracy_ci": list(accuracy_with_ci([it.score.correct for it in graded])[1:]) if graded else None,
+            **bpb_summary(bpb),  # distortion arms: mean bits per byte with its 95% CI (None elsewhere)
             "unparseable": sum("unparseable" in it.score.flags for it in scored),
             "truncated": sum(it.compression_truncated or it.prediction_truncated for it in its),
             "summary_tokens": (sum(ntok) / len(ntok)) if ntok else None,
@@ -306,8 +311,8 @@ def summarize(cfg: RunConfig, items: list[Item], usage: dict[str, dict[str, floa
         }
         pu: dict[str, float] = {}
         for it in its:
-            if it.prediction is not None:
-                add_usage(pu, it.prediction.usage)
+            if it.prediction is not None or "predictor_usage" in it.extra:
+                add_usage(pu, it.prediction.usage if it.prediction is not None else it.extra["predictor_usage"])
         row["predictor_usage"] = pu
         rows.append(row)
     return {
@@ -321,6 +326,15 @@ def summarize(cfg: RunConfig, items: list[Item], usage: dict[str, dict[str, floa
 
 def _f(x: Any, fmt: str) -> str:
     return "-" if x is None else format(x, fmt)
+
+
+def _accuracy_cell(r: dict[str, Any]) -> str:
+    """Accuracy with its CI, or for distortion arms "bpb <mean> [lo, hi]" (bits per byte, lower is better)."""
+    if r.get("bits_per_byte") is not None and r.get("accuracy") is None:
+        ci = r.get("bits_per_byte_ci")
+        return f"bpb {r['bits_per_byte']:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+    ci = r.get("accuracy_ci")
+    return _f(r["accuracy"], ".3f") + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
 def format_table(summary: dict[str, Any]) -> str:
@@ -338,6 +352,8 @@ def format_table(summary: dict[str, Any]) -> str:
         "pred_compl_tok",
         "pred_s",
     ]
+    if any(r.get("bits_per_byte") is not None for r in summary["rows"]):
+        head[4] = "accuracy or bpb [95% CI]"
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary["rows"]:
         pu = r["predictor_usage"]
@@ -349,8 +365,7 @@ def format_table(summary: dict[str, Any]) -> str:
                     r["compressor"],
                     r["predictor"],
                     str(r["n"]),
-                    _f(r["accuracy"], ".3f")
-                    + (f" [{r['accuracy_ci'][0]:.2f}, {r['accuracy_ci'][1]:.2f}]" if r.get("accuracy_ci") else ""),
+                    _accuracy_cell(r),
                     str(r["errors"]),
                     _f(r["summary_tokens"], ".1f"),
                     _f(r["token_ratio"], ".3f"),
@@ -361,6 +376,10 @@ def format_table(summary: dict[str, Any]) -> str:
             )
             + " |"
         )
+    if any(r.get("bits_per_byte") is not None for r in summary["rows"]):
+        lines.append("")
+        lines.append("bpb: bits per byte of the reference continuation under the predictor, given the arm's input "
+                     "(lower is better; 95% t CI)")
     lines.append("")
     lines.append("| role | calls | prompt_tok | completion_tok | seconds | cached |")
     lines.append("|---|---|---|---|---|---|")
