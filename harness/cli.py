@@ -1,4 +1,4 @@
-"""The `harness` command: run, models (later: sweep, report, compare, tune-filter)."""
+"""The `harness` command: run, sweep, report, compare, models."""
 
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.pipeline.run import format_table, run
 
     cfg = load_config(args.config, _parse_set(args.set))
+    if cfg.sweep is not None:
+        raise UserError(f"{args.config} has a 'sweep' section; run it with `harness sweep {args.config}`")
     summary = run(cfg, quiet=args.quiet)
     print(
         f"# {summary['name']}: task {summary['task']}, {summary['n_samples']} samples, "
@@ -38,6 +40,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     print(format_table(summary))
     print(f"results: {cfg.output_dir()}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from harness.config import load_sweep_config
+    from harness.pipeline.sweep import run_sweep
+
+    cfg = load_sweep_config(args.config, _parse_set(args.set))
+    out = run_sweep(cfg, retry_errors=args.retry_errors, quiet=args.quiet)
+    new = ", ".join(f"{k} {v}" for k, v in sorted(out["new_rows"].items())) or "none"
+    print(
+        f"# sweep {out['name']}: {out['cells']} cells, {out['wall_seconds']:.0f} s, model loads {out['model_loads']}, "
+        f"generate requests {out['generate_requests']}, score requests {out['score_requests']}; new rows: {new}"
+    )
+    print(out["table"])
+    print(f"store: {out['store']}  (harness report {out['store']})")
     return 0
 
 
@@ -66,6 +84,21 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness.analyze.report import build_report
+
+    rep = build_report(args.store, args.out, run_id=args.run)
+    print(f"report: {rep.path}  ({len(rep.cells)} cells, {len(rep.plots)} plots)")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from harness.analyze.compare import compare_cells, format_comparison
+
+    print(format_comparison(compare_cells(args.store, args.cell_a, args.cell_b)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description="Evaluate compressor–predictor LLM systems.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -74,6 +107,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     r.set_defaults(fn=cmd_run)
+    sw = sub.add_parser("sweep", help="run or resume a grid of cells (compressors × predictors × tasks × knobs)")
+    sw.add_argument("config")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    sw.add_argument("--retry-errors", action="store_true", help="redo calls whose stored result is an error")
+    sw.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sw.set_defaults(fn=cmd_sweep)
+    rp = sub.add_parser("report", help="markdown report with plots from a results store")
+    rp.add_argument("store", help="results store: a SQLite file or a postgresql:// URL")
+    rp.add_argument("--out", default=None, help="output folder (default results/report-<store name>)")
+    rp.add_argument("--run", default=None, metavar="RUN_ID", help="only this run's cells")
+    rp.set_defaults(fn=cmd_report)
+    cp = sub.add_parser("compare", help="paired comparison of two cells of a results store")
+    cp.add_argument("store")
+    cp.add_argument("cell_a")
+    cp.add_argument("cell_b")
+    cp.set_defaults(fn=cmd_compare)
     m = sub.add_parser("models", help="offline model packs")
     msub = m.add_subparsers(dest="mcmd", required=True)
     ml = msub.add_parser("list", help="aliases and whether each is present")

@@ -171,6 +171,39 @@ class MIConfig(_Strict):
     n_boot: int = Field(1000, ge=100)
 
 
+class Price(_Strict):
+    """API prices in dollars per million tokens."""
+
+    input_per_million: float = Field(ge=0)
+    output_per_million: float = Field(ge=0)
+
+
+class SweepSpec(_Strict):
+    """A grid: compressors × predictors × tasks × knob values, expanded into cells.
+
+    Entries of `compressors`/`predictors` are model specs (`gguf/smollm2-135m`) or full role configs; a spec
+    inherits the other fields (batch_size, dtype…) of `models.compressor`/`models.predictor`. `knobs` maps a
+    dotted config path (`generation.compressor.max_new_tokens`, `seed`, `task.options.context_tokens`…) to the
+    values to try.
+    """
+
+    compressors: list[str | ModelConfig] = Field(min_length=1)
+    predictors: list[str | ModelConfig] = Field(min_length=1)
+    tasks: list[TaskConfig] = Field(default_factory=list)
+    knobs: dict[str, list[Any]] = Field(default_factory=dict)
+
+    @field_validator("knobs")
+    @classmethod
+    def _knob_paths(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for path, values in v.items():
+            top = path.split(".")[0]
+            if top in ("models", "sweep", "output", "name", "arms", "prices"):
+                raise ValueError(f"knob '{path}' cannot be swept; list models under sweep.compressors/predictors")
+            if not values:
+                raise ValueError(f"knob '{path}' has no values; list at least one")
+        return v
+
+
 class RunConfig(_Strict):
     """A whole run: roles, task, prompts, generation, arms, seeds and output."""
 
@@ -184,6 +217,9 @@ class RunConfig(_Strict):
     seed: int = 0
     mi: MIConfig | None = None
     output: Output = Output()
+    # model spec -> API prices (dollars per million tokens); models without a price cost no dollars
+    prices: dict[str, Price] = Field(default_factory=dict)
+    sweep: SweepSpec | None = None
 
     @model_validator(mode="after")
     def _roles_for_arms(self) -> RunConfig:
@@ -232,11 +268,10 @@ def parse_config(data: Any, source: str = "config") -> RunConfig:
         raise UserError(_format_error(e, source)) from None
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read and validate a YAML run config; errors become one-line UserErrors."""
+def _read_yaml(path: str | Path, overrides: dict[str, Any] | None, what: str) -> tuple[Path, Any]:
     p = Path(path)
     if not p.exists():
-        raise UserError(f"config file '{p}' not found; pass the path of a YAML config (see configs/)")
+        raise UserError(f"config file '{p}' not found; pass the path of a YAML {what}")
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
@@ -245,6 +280,28 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
         raise UserError(f"{p}: invalid YAML{where}; fix the syntax") from None
     if overrides:
         data = _deep_merge(data or {}, overrides)
+    return p, data
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read and validate a YAML run config; errors become one-line UserErrors."""
+    p, data = _read_yaml(path, overrides, "config (see configs/)")
+    return parse_config(data, str(p))
+
+
+def load_sweep_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """A run config with a `sweep` section; `models.predictor` defaults to the first swept predictor."""
+    p, data = _read_yaml(path, overrides, "sweep config (see configs/sweep-*.yaml)")
+    if isinstance(data, dict):
+        sw = data.get("sweep")
+        if not isinstance(sw, dict):
+            raise UserError(f"{p}: missing 'sweep' section; add sweep.compressors and sweep.predictors")
+        models = data.setdefault("models", {}) or {}
+        data["models"] = models
+        for role, key in (("predictor", "predictors"), ("compressor", "compressors")):
+            first = (sw.get(key) or [None])[0]
+            if isinstance(models, dict) and models.get(role) is None and first is not None:
+                models[role] = {"model": first} if isinstance(first, str) else first
     return parse_config(data, str(p))
 
 

@@ -30,6 +30,26 @@ class CompressOutput:
     predictor_kind: str  # which compressions the predictor reads: "greedy" or "sample"
 
 
+def compression_knobs(cfg: RunConfig) -> dict[str, Any]:
+    """Everything besides the model, sample, seed and sample number that shapes a compression."""
+    knobs: dict[str, Any] = {
+        "task": cfg.task.model_dump(mode="json"),
+        "prompt": cfg.prompts.compressor.model_dump(mode="json"),
+        "generation": cfg.generation.compressor.model_dump(mode="json"),
+        "overflow": cfg.overflow,
+    }
+    if cfg.mi is not None:
+        knobs["mi_temperature"] = cfg.mi.temperature
+    return knobs
+
+
+def compression_knob_hash(cfg: RunConfig) -> str:
+    """The `knob_hash` of a config's compressions in the results store."""
+    from harness.store.store import knob_hash
+
+    return knob_hash(compression_knobs(cfg))
+
+
 def sampling_params(cfg: RunConfig, j: int) -> GenParams:
     """Plain sampling (no top-k/top-p/min-p) at the MI temperature; seed differs per sample number j."""
     assert cfg.mi is not None
@@ -53,6 +73,7 @@ def compress_stage(cfg: RunConfig, be: Any, samples: list[Sample], writer: Any, 
     if mi is not None:
         variants += [("sample", j, sampling_params(cfg, j)) for j in range(mi.samples_per_context)]
     out = CompressOutput({}, {}, {}, {}, predictor_kind)
+    khash = compression_knob_hash(cfg)
     jobs: list[tuple[CompKey, GenRequest]] = []
     for idx, s in enumerate(samples):
         out.context_tokens[idx] = be.count_tokens(s.context)
@@ -74,6 +95,7 @@ def compress_stage(cfg: RunConfig, be: Any, samples: list[Sample], writer: Any, 
         add_usage(usage, g.usage)
         writer.write("compressions", {
             "sample_id": samples[key.idx].id, "compressor": mc.model, "kind": key.kind, "j": key.j,
+            "knob_hash": khash,
             "seed": greedy.seed if key.kind == "greedy" else cfg.seed * 1000 + key.j,
             "text": g.text, "token_ids": g.token_ids, "n_tokens": len(g.token_ids) or g.usage.completion_tokens,
             "context_tokens": out.context_tokens[key.idx], "truncated_prompt": out.truncated[key.idx],

@@ -9,7 +9,7 @@ import numpy as np
 
 from harness.config import RunConfig
 from harness.mi import bits_per_token, estimate_mi, estimate_mi_groups
-from harness.pipeline.compress import CompKey, CompressOutput
+from harness.pipeline.compress import CompKey, CompressOutput, compression_knob_hash
 from harness.records import Sample
 from harness.scoring import score_group
 
@@ -38,6 +38,7 @@ def mi_stage(cfg: RunConfig, scorer: Any, scorer_label: str, compressor_identity
     groups = question_groups(cfg, samples)
     base = {"task": cfg.task.name, "compressor": cfg.models.compressor.model if cfg.models.compressor else None,
             "scorer": scorer_label, "scorer_identity": ident.key(), "mode": mi.mode, "samples_per_context": m,
+            "knob_hash": compression_knob_hash(cfg),
             "sampling": {"temperature": mi.temperature, "top_p": 1.0, "top_k": 0}}
     ok_logp, ok_tokens, fwd, lower, errors = [], [], 0, 0, []
     for g in groups:

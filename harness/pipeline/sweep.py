@@ -1,0 +1,606 @@
+"""`harness sweep`: a grid of cells run stage by stage, grouped by model, resumable from the results store.
+
+The results store is the source of truth. Before any request is sent the sweep looks its row up by natural key
+(compression: compressor × task × sample × knob hash × sample number × seed; prediction: cell × sample ×
+compression × arm), so a rerun after a crash or `kill -9` redoes only unfinished work, and rows are never
+duplicated. Stored errors are kept (not retried) unless `retry_errors` is set.
+
+Stages: (1) every compressor in turn compresses all its samples and scores its own compressions for MI,
+(2) the common proxy scorer scores every compressor's samples, (3) every predictor in turn predicts all its
+cells, (4) predictions are scored. One model is in memory at a time; each is loaded at most once per stage.
+A compression is made once and read by every predictor and by the MI estimator.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.backends.base import STATS
+from harness.backends.registry import make_backend
+from harness.config import ModelConfig, RunConfig, TaskConfig, parse_config
+from harness.errors import UserError
+from harness.pipeline.compress import CompKey, CompressOutput, compression_knob_hash, sampling_params
+from harness.pipeline.mi_stage import mi_stage
+from harness.pipeline.prompts import arm_input, arm_messages, render
+from harness.pipeline.stages import Item, fit_request, params_from, run_generation_stage
+from harness.records import Generation, GenRequest, Sample, Usage
+from harness.store.store import knob_hash
+
+#: crash points for the crash-safety tests: HARNESS_CRASH_AT=compress:N | predict:N | stage:NAME sends this
+#: process SIGKILL after the N-th stored compression/prediction, or when stage NAME begins.
+CRASH_ENV = "HARNESS_CRASH_AT"
+
+
+def _crash(point: str, count: int | None = None) -> None:
+    spec = os.environ.get(CRASH_ENV)
+    if not spec:
+        return
+    name, _, arg = spec.partition(":")
+    if (name == "stage" and point == f"stage:{arg}") or (name == point and count is not None and str(count) == arg):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _short(spec: str) -> str:
+    return spec.partition("/")[2].replace("/", "_") or spec
+
+
+@dataclass
+class CompressUnit:
+    """All compressions one compressor makes for one task under one compressor-side knob setting."""
+
+    key: str
+    cfg: RunConfig  # an expanded config with this compressor and these knobs
+    task_key: str
+    knob_hash: str
+
+    @property
+    def compressor(self) -> ModelConfig:
+        assert self.cfg.models.compressor is not None
+        return self.cfg.models.compressor
+
+
+@dataclass
+class Cell:
+    """One task × arm × (compressor) × predictor × knob setting."""
+
+    cell_id: str
+    cfg: RunConfig
+    arm: str
+    task_key: str
+    unit: str | None  # the CompressUnit the compressed arm reads
+    knobs: dict[str, Any]
+
+
+@dataclass
+class Plan:
+    name: str
+    run_id: str
+    tasks: dict[str, TaskConfig] = field(default_factory=dict)
+    units: dict[str, CompressUnit] = field(default_factory=dict)
+    cells: dict[str, Cell] = field(default_factory=dict)
+
+
+def _set_path(d: dict[str, Any], path: str, value: Any) -> None:
+    parts = path.split(".")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.get(p)
+        if nxt is None:
+            nxt = cur[p] = {}
+        if not isinstance(nxt, dict):
+            raise UserError(f"sweep.knobs.{path}: '{p}' is not a section; use a dotted path to a config field")
+        cur = nxt
+    cur[parts[-1]] = copy.deepcopy(value)
+
+
+def _role(entry: str | ModelConfig, base: ModelConfig | None) -> dict[str, Any]:
+    if isinstance(entry, ModelConfig):
+        return entry.model_dump(mode="json")
+    d = base.model_dump(mode="json") if base is not None else {}
+    d["model"] = entry
+    return d
+
+
+def _cell_hash(d: dict[str, Any], arm: str) -> str:
+    """What shapes a cell's predictions: everything but output, naming and, off the compressed arm, compression."""
+    keep = copy.deepcopy(d)
+    for k in ("name", "output", "prices", "sweep", "arms"):
+        keep.pop(k, None)
+    keep["models"].pop("scorer", None)
+    keep["models"].pop("judge", None)
+    if arm != "compressed":
+        keep["models"].pop("compressor", None)
+        keep["prompts"].pop("compressor", None)
+        keep["generation"].pop("compressor", None)
+        keep.pop("mi", None)
+    keep["arm"] = arm
+    return knob_hash(keep)
+
+
+def expand(cfg: RunConfig) -> Plan:
+    """Expand a sweep config into compression units and cells (deduplicated)."""
+    sw = cfg.sweep
+    if sw is None:
+        raise UserError("this config has no 'sweep' section; add sweep.compressors and sweep.predictors")
+    plan = Plan(name=cfg.name, run_id=f"sweep-{cfg.name}")
+    base = cfg.model_dump(mode="json")
+    base["sweep"] = None
+    tasks = sw.tasks or [cfg.task]
+    keys = sorted(sw.knobs)
+    settings = [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*(sw.knobs[k] for k in keys))]
+    for task, setting, comp, pred in itertools.product(tasks, settings, sw.compressors, sw.predictors):
+        d = copy.deepcopy(base)
+        d["task"] = task.model_dump(mode="json")
+        d["models"]["compressor"] = _role(comp, cfg.models.compressor)
+        d["models"]["predictor"] = _role(pred, cfg.models.predictor)
+        for path, value in setting.items():
+            _set_path(d, path, value)
+        where = ", ".join(f"{k}={v}" for k, v in setting.items())
+        rc = parse_config(d, f"sweep cell ({d['models']['compressor']['model']} → {d['models']['predictor']['model']}"
+                             f"{', ' + where if where else ''})")
+        task_key = knob_hash(rc.task.model_dump(mode="json"))
+        plan.tasks.setdefault(task_key, rc.task)
+        unit_key = None
+        needs_compression = "compressed" in rc.arms or rc.mi is not None
+        if needs_compression:
+            kh = compression_knob_hash(rc)
+            assert rc.models.compressor is not None
+            unit_key = knob_hash({"compressor": rc.models.compressor.model_dump(mode="json"), "knobs": kh})
+            plan.units.setdefault(unit_key, CompressUnit(unit_key, rc, task_key, kh))
+        for arm in rc.arms:
+            h = _cell_hash(rc.model_dump(mode="json"), arm)
+            comp_name = _short(rc.models.compressor.model) if arm == "compressed" and rc.models.compressor else "-"
+            cid = f"{cfg.name}/{rc.task.name}/{arm}/{comp_name}/{_short(rc.models.predictor.model)}/{h[:8]}"
+            if cid not in plan.cells:
+                plan.cells[cid] = Cell(cid, rc, arm, task_key, unit_key if arm == "compressed" else None, setting)
+    return plan
+
+
+def _progress(total: int, desc: str, quiet: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="req", disable=quiet, file=sys.stderr)
+
+
+class _MIWriter:
+    """Adapter: the MI stage's rows go to the store under the sweep's run, with the unit's knob hash."""
+
+    def __init__(self, store: Any, run_id: str, task: str, compressor_id: int, scorer_id: int, khash: str):
+        self.store, self.run_id, self.task = store, run_id, task
+        self.compressor_id, self.scorer_id, self.khash = compressor_id, scorer_id, khash
+
+    def write(self, kind: str, r: dict[str, Any]) -> None:
+        if kind != "mi":
+            return
+        ci = r.get("ci") or [None, None]
+        self.store.add_mi_estimate(
+            run_id=self.run_id, task=self.task, compressor_model_id=self.compressor_id,
+            scorer_model_id=self.scorer_id, mode=r["mode"], group_id="" if r["group_id"] == "*" else r["group_id"],
+            knob_hash=self.khash, n_contexts=r.get("n_contexts"), n_samples=r["samples_per_context"],
+            sampling=r["sampling"], bits=r.get("bits"), ci_lo=ci[0], ci_hi=ci[1], upper_bits=r.get("upper_bits"),
+            upper_is_bound=r.get("upper_is_bound"), saturated_fraction=r.get("saturated_fraction"),
+            bits_per_token=r.get("bits_per_token"), mean_tokens=r.get("mean_tokens"), error=r.get("error"),
+            detail={k: r.get(k) for k in ("tokenization", "forwarded_tokens", "lower_bound_tokens",
+                                          "scorer_identity", "forwarded_ratio")},
+        )
+
+
+class Sweep:
+    """Executes a plan against a results store; see the module docstring."""
+
+    def __init__(self, cfg: RunConfig, *, retry_errors: bool = False, quiet: bool = False):
+        from harness.backends.cache import ResponseCache
+        from harness.store import Store
+
+        if not cfg.output.store:
+            raise UserError("output.store: a sweep needs a results store (a SQLite path or postgresql:// URL)")
+        self.cfg = cfg
+        self.plan = expand(cfg)
+        if any(c.cfg.models.judge is not None for c in self.plan.cells.values()):
+            raise UserError("models.judge: sweeps do not run a judge yet; score judged tasks with `harness run`")
+        self.retry = retry_errors
+        self.quiet = quiet
+        self.cache = ResponseCache(cfg.output.cache) if cfg.output.cache else None
+        self.store = Store.open(cfg.output.store)
+        self.samples: dict[str, list[Sample]] = {}
+        self.model_ids: dict[str, int] = {}
+        self.backends: dict[str, Any] = {}
+        self.counts: Counter[str] = Counter()
+
+    # ---- models ----
+    @staticmethod
+    def _mkey(mc: ModelConfig) -> str:
+        return knob_hash(mc.model_dump(mode="json"))
+
+    def _backend(self, mc: ModelConfig, field: str) -> Any:
+        k = self._mkey(mc)
+        if k not in self.backends:
+            self.backends[k] = make_backend(mc, field=field, cache=self.cache)
+        return self.backends[k]
+
+    def _model_id(self, mc: ModelConfig, field: str) -> int:
+        k = self._mkey(mc)
+        if k not in self.model_ids:
+            be = self._backend(mc, field)
+            self.model_ids[k] = self.store.model_id(be.identity(), _model_meta(mc, be))
+        return self.model_ids[k]
+
+    def _release(self, mc: ModelConfig) -> None:
+        be = self.backends.pop(self._mkey(mc), None)
+        if be is not None:
+            be.close()
+
+    # ---- driver ----
+    def run(self) -> dict[str, Any]:
+        from harness.pipeline.run import _git_commit
+        from harness.tasks import load_task
+
+        t0 = time.time()
+        stats0 = dict(STATS)
+        p = self.plan
+        self.store.start_run(run_id=p.run_id, name=p.name, config=self.cfg, git_commit=_git_commit())
+        for tk, t in p.tasks.items():
+            self.samples[tk] = load_task(t.name, size=t.size, seed=t.seed, split=t.split, options=t.options)
+            self.store.add_samples(t.name, self.samples[tk])
+        for c in p.cells.values():
+            mc = c.cfg.models.compressor
+            self.store.upsert_cell(
+                cell_id=c.cell_id, run_id=p.run_id, task=c.cfg.task.name, arm=c.arm,
+                predictor_model_id=self._model_id(c.cfg.models.predictor, "sweep.predictors"),
+                compressor_model_id=self._model_id(mc, "sweep.compressors") if c.unit and mc else None,
+                knobs={**c.knobs, "knob_hash": p.units[c.unit].knob_hash if c.unit else None},
+            )
+        try:
+            self.compress_stage()
+            _crash("stage:mi")
+            self.proxy_mi_stage()
+            _crash("stage:predict")
+            self.predict_stage()
+            _crash("stage:score")
+            self.score_stage()
+        except BaseException:
+            self.store.finish_run(p.run_id, "interrupted")
+            raise
+        finally:
+            for be in self.backends.values():
+                be.close()
+            self.backends.clear()
+        self.store.finish_run(p.run_id, "done")
+        out = {
+            "name": p.name, "run_id": p.run_id, "cells": len(p.cells), "units": len(p.units),
+            "wall_seconds": round(time.time() - t0, 2),
+            "model_loads": STATS["model_loads"] - stats0.get("model_loads", 0),
+            "generate_requests": STATS["generate_requests"] - stats0.get("generate_requests", 0),
+            "score_requests": STATS["score_requests"] - stats0.get("score_requests", 0),
+            "new_rows": dict(self.counts), "store": self.store.url,
+        }
+        return out
+
+    def close(self) -> None:
+        self.store.close()
+        if self.cache is not None:
+            self.cache.close()
+
+    # ---- stage 1: compress (and MI scored by the compressor itself) ----
+    def _variants(self, rc: RunConfig) -> list[tuple[str, int, Any]]:
+        out = []
+        greedy = params_from(rc.generation.compressor, rc.seed)
+        if "compressed" in rc.arms and (rc.mi is None or rc.mi.predictor_reads == "greedy"):
+            out.append(("greedy", -1, greedy))
+        if rc.mi is not None:
+            out += [("sample", j, sampling_params(rc, j)) for j in range(rc.mi.samples_per_context)]
+        return out
+
+    def _stored_ok(self, row: Any) -> bool:
+        return row is not None and (row.error is None or not self.retry)
+
+    def compress_stage(self) -> None:
+        by_model: dict[str, list[CompressUnit]] = {}
+        for u in self.plan.units.values():
+            by_model.setdefault(self._mkey(u.compressor), []).append(u)
+        for units in by_model.values():
+            mc = units[0].compressor
+            be = self._backend(mc, "sweep.compressors")
+            mid = self._model_id(mc, "sweep.compressors")
+            jobs: list[tuple[tuple[Any, ...], GenRequest]] = []
+            for u in units:
+                rc = u.cfg
+                variants = self._variants(rc)
+                for s in self.samples[u.task_key]:
+                    todo = [(kind, j, prm) for kind, j, prm in variants
+                            if not self._stored_ok(self.store.find_compression(
+                                compressor_model_id=mid, task=rc.task.name, sample_id=s.id, knob_hash=u.knob_hash,
+                                sample_index=j, seed=prm.seed))]
+                    if not todo:
+                        continue
+                    ctx_tokens = be.count_tokens(s.context)
+
+                    def build(ctx: str, s: Sample = s, rc: RunConfig = rc) -> GenRequest:
+                        return GenRequest.chat(render(rc.prompts.compressor, question=s.question, context=ctx),
+                                               params_from(rc.generation.compressor, rc.seed))
+
+                    req, trunc, err = fit_request(be, build, s.context, rc.overflow)
+                    for kind, j, prm in todo:
+                        meta = (u, s, kind, j, prm.seed, ctx_tokens, trunc)
+                        if err:
+                            self._store_compression(mid, meta, None, err)
+                        else:
+                            assert req is not None
+                            jobs.append((meta, dataclasses.replace(req, params=prm)))
+
+            def done(meta: tuple[Any, ...], g: Generation, mid: int = mid) -> None:
+                self._store_compression(mid, meta, g, g.error)
+
+            with _progress(len(jobs), f"compress {mc.model}", self.quiet) as bar:
+                run_generation_stage(be, jobs, done, chunk=max(mc.batch_size, 1) * 2, progress=bar)
+            for u in units:
+                if u.cfg.mi is not None and "self" in u.cfg.mi.scorers:
+                    self._mi(u, be, "self", mid)
+            for c in self.plan.cells.values():
+                if c.unit in {u.key for u in units}:
+                    self.store.set_cell_status(c.cell_id, "compress", "done")
+            self._release(mc)
+
+    def _store_compression(self, mid: int, meta: tuple[Any, ...], g: Generation | None, err: str | None) -> None:
+        u, s, kind, j, seed, ctx_tokens, trunc = meta
+        self.store.add_compression(
+            compressor_model_id=mid, task=u.cfg.task.name, sample_id=s.id, knob_hash=u.knob_hash,
+            text=g.text if g else "", sample_index=j, seed=seed, token_ids=g.token_ids if g else None,
+            n_tokens=(len(g.token_ids) or g.usage.completion_tokens) if g and not err else None,
+            context_tokens=ctx_tokens, truncated=trunc, finish_reason=g.finish_reason if g else None,
+            params={"kind": kind}, error=err, run_id=self.plan.run_id, usage=g.usage if g else None,
+            **self._cost(u.compressor, g),
+        )
+        self.counts["compressions"] += 1
+        _crash("compress", self.counts["compressions"])
+
+    def _cost(self, mc: ModelConfig, g: Any) -> dict[str, float | None]:
+        """FLOPs and dollars of one call (actual: a cached call is free)."""
+        if g is None:
+            return {"flops": None, "dollars": None}
+        from harness.cost import call_cost
+
+        return call_cost(self.cfg, mc, self.backends.get(self._mkey(mc)), g.usage)
+
+    def _comp_output(self, u: CompressUnit, mid: int) -> CompressOutput:
+        rc = u.cfg
+        assert rc.mi is not None
+        out = CompressOutput({}, {}, {}, {}, "sample")
+        for idx, s in enumerate(self.samples[u.task_key]):
+            for j in range(rc.mi.samples_per_context):
+                row = self.store.find_compression(compressor_model_id=mid, task=rc.task.name, sample_id=s.id,
+                                                  knob_hash=u.knob_hash, sample_index=j,
+                                                  seed=sampling_params(rc, j).seed)
+                if row is not None:
+                    out.results[CompKey(idx, "sample", j)] = row.to_generation()
+        return out
+
+    def _mi(self, u: CompressUnit, be: Any, label: str, scorer_id: int) -> None:
+        rc = u.cfg
+        assert rc.mi is not None and rc.models.compressor is not None
+        cmid = self._model_id(rc.models.compressor, "sweep.compressors")
+        done = self.store.rows("mi_estimates", run_id=self.plan.run_id, task=rc.task.name, group_id="",
+                               compressor_model_id=cmid, scorer_model_id=scorer_id, knob_hash=u.knob_hash,
+                               mode=rc.mi.mode)
+        if done and (done[0]["error"] is None or not self.retry):
+            return
+        comp_ident = self._backend(rc.models.compressor, "sweep.compressors").identity()
+        writer = _MIWriter(self.store, self.plan.run_id, rc.task.name, cmid, scorer_id, u.knob_hash)
+        mi_stage(rc, be, label, comp_ident, self.samples[u.task_key], self._comp_output(u, cmid), writer)
+        self.counts["mi_estimates"] += 1
+
+    # ---- stage 2: the common proxy scorer ----
+    def proxy_mi_stage(self) -> None:
+        units = [u for u in self.plan.units.values()
+                 if u.cfg.mi is not None and "scorer" in u.cfg.mi.scorers and u.cfg.models.scorer is not None]
+        by_model: dict[str, list[CompressUnit]] = {}
+        for u in units:
+            assert u.cfg.models.scorer is not None
+            by_model.setdefault(self._mkey(u.cfg.models.scorer), []).append(u)
+        for us in by_model.values():
+            sc = us[0].cfg.models.scorer
+            assert sc is not None
+            be = self._backend(sc, "models.scorer")
+            sid = self._model_id(sc, "models.scorer")
+            for u in us:
+                self._mi(u, be, sc.model, sid)
+            self._release(sc)
+
+    # ---- stage 3: predict ----
+    def _compression_for(self, c: Cell, s: Sample) -> tuple[str | None, int | None, str | None]:
+        """(summary, compression_id, error) that the compressed arm's predictor reads for one sample."""
+        rc = c.cfg
+        u = self.plan.units[c.unit or ""]
+        mid = self._model_id(u.compressor, "sweep.compressors")
+        sample0 = rc.mi is not None and rc.mi.predictor_reads == "sample0"
+        j = 0 if sample0 else -1
+        seed = sampling_params(rc, 0).seed if sample0 else rc.seed
+        row = self.store.find_compression(compressor_model_id=mid, task=rc.task.name, sample_id=s.id,
+                                          knob_hash=u.knob_hash, sample_index=j, seed=seed)
+        if row is None:
+            return None, None, "compression missing (the compress stage did not finish)"
+        if row.error:
+            return None, row.compression_id, f"compression failed: {row.error}"
+        return row.text, row.compression_id, None
+
+    def _finished(self, c: Cell, s: Sample, comp_id: int | None) -> bool:
+        found = self.store.find_prediction(cell_id=c.cell_id, sample_id=s.id, arm=c.arm, compression_id=comp_id)
+        if not self._stored_ok(found):
+            return False
+        if s.answer_type == "continuation" and found is not None and found.error is None:
+            return self.store.count("scores", prediction_id=found.prediction_id) > 0  # scored in this stage
+        return True
+
+    def predict_stage(self) -> None:
+        from harness.pipeline.distortion import score_continuations
+
+        by_model: dict[str, list[Cell]] = {}
+        for c in self.plan.cells.values():
+            by_model.setdefault(self._mkey(c.cfg.models.predictor), []).append(c)
+        for cells in by_model.values():
+            mp = cells[0].cfg.models.predictor
+            be = self._backend(mp, "sweep.predictors")
+            jobs: list[tuple[tuple[Any, ...], GenRequest]] = []
+            continuations: list[tuple[Cell, list[Item]]] = []
+            for c in cells:
+                rc = c.cfg
+                pparams = params_from(rc.generation.predictor, rc.seed)
+                items: list[Item] = []
+                for s in self.samples[c.task_key]:
+                    summary, comp_id, err = self._compression_for(c, s) if c.arm == "compressed" else (None, None, None)
+                    if self._finished(c, s, comp_id):
+                        continue
+                    if err:
+                        self._store_prediction((c, s, comp_id, False), None, err)
+                        continue
+                    if s.answer_type == "continuation":
+                        items.append(Item(s, c.arm, compression=_text_generation(summary), extra={"comp_id": comp_id}))
+                        continue
+                    text, tmpl, key = arm_input(rc.prompts, c.arm, s, summary)
+
+                    def build(t: str, tmpl=tmpl, key=key, s=s, pparams=pparams) -> GenRequest:
+                        return GenRequest.chat(arm_messages(tmpl, key, s, t), pparams)
+
+                    req, trunc, ferr = fit_request(be, build, text, rc.overflow)
+                    if ferr:
+                        self._store_prediction((c, s, comp_id, False), None, ferr)
+                    else:
+                        assert req is not None
+                        jobs.append(((c, s, comp_id, trunc), req))
+                if items:
+                    continuations.append((c, items))
+
+            def done(meta: tuple[Any, ...], g: Generation) -> None:
+                self._store_prediction(meta, g, g.error)
+
+            n_cont = sum(len(its) for _, its in continuations)
+            with _progress(len(jobs) + n_cont, f"predict {mp.model}", self.quiet) as bar:
+                run_generation_stage(be, jobs, done, chunk=max(mp.batch_size, 1) * 2, progress=bar)
+                for c, its in continuations:
+                    score_continuations(be, its, c.cfg, _ContinuationWriter(self, c, its), {}, progress=bar)
+            for c in cells:
+                self.store.set_cell_status(c.cell_id, "predict", "done")
+            self._release(mp)
+
+    def _store_prediction(self, meta: tuple[Any, ...], g: Generation | None, err: str | None) -> int:
+        c, s, comp_id, trunc = meta
+        pid = self.store.add_prediction(
+            cell_id=c.cell_id, sample_id=s.id, arm=c.arm, text=g.text if g else "", compression_id=comp_id,
+            truncated=trunc, error=err, n_tokens=(len(g.token_ids) or g.usage.completion_tokens) if g else None,
+            finish_reason=g.finish_reason if g else None, usage=g.usage if g else None,
+            **self._cost(c.cfg.models.predictor, g),
+        )
+        self.counts["predictions"] += 1
+        _crash("predict", self.counts["predictions"])
+        return pid
+
+    # ---- stage 4: score ----
+    def score_stage(self) -> None:
+        from harness.metrics import score_prediction
+
+        for c in self.plan.cells.values():
+            by_id = {s.id: s for s in self.samples[c.task_key]}
+            _, rows = self.store.query(
+                "SELECT p.prediction_id, p.sample_id, p.text FROM predictions p "
+                "LEFT JOIN scores s ON s.prediction_id = p.prediction_id "
+                "WHERE p.cell_id = ? AND p.error IS NULL AND s.score_id IS NULL ORDER BY p.prediction_id",
+                (c.cell_id,),
+            )
+            for pid, sid, text in rows:
+                if by_id[sid].answer_type == "continuation":
+                    continue  # scored (bits per byte) in the predict stage; redone there if unfinished
+                sc = score_prediction(by_id[sid], text)
+                self.store.add_score(prediction_id=int(pid), metric=sc.name, value=sc.value, correct=sc.correct,
+                                     parsed=sc.parsed, flags=list(sc.flags), detail=sc.extra or None)
+                self.counts["scores"] += 1
+            self.store.set_cell_status(c.cell_id, "score", "done")
+
+
+def _text_generation(text: str | None) -> Generation | None:
+    return None if text is None else Generation(text=text, token_ids=[], logprobs=None, usage=Usage())
+
+
+class _ContinuationWriter:
+    """Adapter: the distortion stage's prediction, score and error rows go to the store under a sweep cell."""
+
+    def __init__(self, sweep: Sweep, cell: Cell, items: list[Item]):
+        self.sweep, self.cell = sweep, cell
+        self.samples = {it.sample.id: it.sample for it in items}
+        self.comp_ids = {it.sample.id: it.extra.get("comp_id") for it in items}
+        self.pred_ids: dict[str, int] = {}
+
+    def write(self, kind: str, r: dict[str, Any]) -> None:
+        sid = r["sample_id"]
+        s, comp_id = self.samples[sid], self.comp_ids[sid]
+        if kind == "predictions":
+            u = Usage(**r["usage"])
+            g = Generation(text="", token_ids=[], logprobs=None, usage=u, finish_reason="score-reference")
+            self.pred_ids[sid] = self.sweep._store_prediction((self.cell, s, comp_id, r["truncated_prompt"]), g,
+                                                              r["error"])
+        elif kind == "scores":
+            self.sweep.store.add_score(prediction_id=self.pred_ids[sid], metric=r["metric"], value=r["value"],
+                                       correct=r["correct"], parsed=r["parsed"], flags=r["flags"],
+                                       detail=r.get("detail"))
+            self.sweep.counts["scores"] += 1
+        elif kind == "errors" and sid not in self.pred_ids:  # failed before any call: the error is the row
+            self.pred_ids[sid] = self.sweep._store_prediction((self.cell, s, comp_id, False), None, r["error"])
+
+
+def _model_meta(mc: ModelConfig, be: Any) -> dict[str, Any] | None:
+    """Family and size of a model (for scaling plots and FLOPs), from its files, without loading weights."""
+    from harness.cost import arch_meta, model_arch
+
+    arch = model_arch(mc, be)
+    return arch_meta(arch) if arch is not None else None
+
+
+def cell_table(store: Any, run_id: str) -> str:
+    """Per-cell markdown table from the store: accuracy with Wilson 95% CI, errors, summary tokens."""
+    from harness.metrics import accuracy_with_ci
+
+    _, rows = store.query(
+        "SELECT c.cell_id, p.prediction_id, p.error, s.correct, co.n_tokens, co.context_tokens "
+        "FROM cells c JOIN predictions p ON p.cell_id = c.cell_id "
+        "LEFT JOIN scores s ON s.prediction_id = p.prediction_id "
+        "LEFT JOIN compressions co ON co.compression_id = p.compression_id "
+        "WHERE c.run_id = ? ORDER BY c.cell_id, p.prediction_id",
+        (run_id,),
+    )
+    cells: dict[str, list[tuple[Any, ...]]] = {}
+    for r in rows:
+        cells.setdefault(r[0], []).append(r)
+    lines = ["| cell | n | accuracy [95% CI] | errors | summary_tok | token_ratio |", "|---|---|---|---|---|---|"]
+    for cid, rs in cells.items():
+        ok = [bool(r[3]) for r in rs if r[2] is None and r[3] is not None]
+        errs = sum(r[2] is not None for r in rs)
+        toks = [r[4] for r in rs if r[4] is not None]
+        ratios = [r[4] / r[5] for r in rs if r[4] is not None and r[5]]
+        if ok:
+            acc, lo, hi = accuracy_with_ci(ok)
+            a = f"{acc:.3f} [{lo:.2f}, {hi:.2f}]"
+        else:
+            a = "-"
+        st = f"{sum(toks) / len(toks):.1f}" if toks else "-"
+        tr = f"{sum(ratios) / len(ratios):.3f}" if ratios else "-"
+        lines.append(f"| {cid} | {len(rs)} | {a} | {errs} | {st} | {tr} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_sweep(cfg: RunConfig, *, retry_errors: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Run (or resume) a sweep; returns a summary with the per-cell table."""
+    sw = Sweep(cfg, retry_errors=retry_errors, quiet=quiet)
+    try:
+        out = sw.run()
+        out["table"] = cell_table(sw.store, sw.plan.run_id)
+    finally:
+        sw.close()
+    return out
