@@ -346,9 +346,10 @@ def model_arch(mc: Any, be: Any = None) -> ModelArch | None:
     return None
 
 
-def arch_meta(arch: ModelArch) -> dict[str, Any]:
-    """What the results store keeps about a model's size and family (models.meta_json)."""
-    return {**arch.to_dict(), "size_label": arch.size_label}
+def model_meta(mc: Any, be: Any = None) -> dict[str, Any] | None:
+    """What the results store keeps about a model's size and family (models.meta_json), or None when unknown."""
+    arch = model_arch(mc, be)
+    return {**arch.to_dict(), "size_label": arch.size_label} if arch is not None else None
 
 
 def call_cost(cfg: Any, mc: Any, be: Any, usage: Usage) -> dict[str, float | None]:

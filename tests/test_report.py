@@ -178,7 +178,7 @@ def test_report_cell_table_matches_planted_numbers(store_url, tmp_path, capsys):
         else:
             assert row["summary_tok"] == "-" and row["MI bits [95% CI]"] == "-"
         # dollars only where planted (p1's predictions), '-' elsewhere
-        assert (row["$"] == "-") == (p == "p2")
+        assert (row["$ actual / uncached"] == "-") == (p == "p2")
     # the stage of each error
     assert cells.loc[cell_id("c1", "p1"), "errors_predict"] == 1
     assert cells.loc[cell_id("c2", "p1"), "errors_compress"] == 1

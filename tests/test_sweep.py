@@ -103,6 +103,15 @@ def test_expand_dedupes_context_arms_and_counts_cells(tmp_path):
     assert len(plan.units) == 2 * 2
     assert len(set(plan.cells)) == len(plan.cells)
 
+    data["sweep"]["knobs"] = {"seed": [0, 1]}  # the seed shapes compressions: one unit per compressor × seed
+    p.write_text(yaml.safe_dump(data))
+    plan = expand(load_sweep_config(p))
+    assert len(plan.units) == 2 * 2
+    assert {u.cfg.seed for u in plan.units.values()} == {0, 1}
+    for c in plan.cells.values():
+        if c.unit:
+            assert plan.units[c.unit].cfg.seed == c.cfg.seed
+
 
 def test_sweep_makes_each_compression_once_for_all_predictors(tmp_path):
     need_pack("smollm2-135m")

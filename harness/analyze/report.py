@@ -228,6 +228,12 @@ def knob_summaries(knobs_json: pd.Series) -> list[str]:
     return out
 
 
+def _pair(actual: Any, uncached: Any) -> str:
+    """"actual / as-if-uncached", or "-" when the cost is unknown."""
+    u = _g(uncached)
+    return "-" if u == "-" else f"{_g(actual)} / {u}"
+
+
 def _sum_or_none(s: pd.Series) -> float | None:
     s = pd.to_numeric(s, errors="coerce").dropna()
     return float(s.sum()) if len(s) else None
@@ -377,6 +383,8 @@ def cell_frame(
             "seconds": None,
             "flops": None,
             "dollars": None,
+            "flops_actual": None,
+            "dollars_actual": None,
             "cached_calls": int(
                 p["pred_cached"].fillna(False).astype(bool).sum()
                 + comps["comp_cached"].fillna(False).astype(bool).sum()
@@ -387,6 +395,10 @@ def cell_frame(
             for k in ("flops", "dollars"):
                 a, b = _sum_or_none(p[f"pred_{k}"]), _sum_or_none(comps[f"comp_{k}"])
                 row[k] = None if a is None and b is None else (a or 0.0) + (b or 0.0)
+                # actual cost: cache hits are free (usage rows keep each call's cost as if uncached)
+                a = _sum_or_none(p[f"pred_{k}"].where(~p["pred_cached"].fillna(False).astype(bool)))
+                b = _sum_or_none(comps[f"comp_{k}"].where(~comps["comp_cached"].fillna(False).astype(bool)))
+                row[f"{k}_actual"] = None if row[k] is None else (a or 0.0) + (b or 0.0)
             toks = [
                 row[k]
                 for k in (
@@ -667,8 +679,8 @@ def _cells_section(cells: pd.DataFrame, choice: MIChoice) -> list[str]:
         "MI scorer",
         "tokens",
         "seconds",
-        "FLOPs",
-        "$",
+        "FLOPs actual / uncached",
+        "$ actual / uncached",
     ]
     rows = []
     for _, r in cells.iterrows():
@@ -693,8 +705,8 @@ def _cells_section(cells: pd.DataFrame, choice: MIChoice) -> list[str]:
                 scorer,
                 _g(r["tokens"]),
                 _f(r["seconds"], ".1f"),
-                _g(r["flops"]),
-                _g(r["dollars"]),
+                _pair(r["flops_actual"], r["flops"]),
+                _pair(r["dollars_actual"], r["dollars"]),
             ]
         )
     L += [md_table(head, rows), ""]

@@ -28,10 +28,14 @@ class Recorder:
         self.comp_ids: dict[tuple[str, str, int], int] = {}  # (sample_id, kind, j) -> compression_id
         self.pred_ids: dict[tuple[str, str], int] = {}  # (sample_id, arm) -> prediction_id
         self.predictor_kind = "greedy"
+        self.cost: Any = None  # (role, Usage) -> {"flops": ..., "dollars": ...} of one call, as if uncached
 
-    def model(self, role: str, identity: ModelIdentity) -> None:
+    def _cost(self, role: str, usage: Usage) -> dict[str, Any]:
+        return self.cost(role, usage) if self.cost is not None else {}
+
+    def model(self, role: str, identity: ModelIdentity, meta: dict[str, Any] | None = None) -> None:
         if self.store is not None:
-            self.models[role] = self.store.model_id(identity)
+            self.models[role] = self.store.model_id(identity, meta)
 
     def cell(self, arm: str, knobs: dict[str, Any]) -> None:
         if self.store is None:
@@ -75,6 +79,7 @@ class Recorder:
             error=r["error"],
             run_id=self.run_id,
             usage=Usage(**r["usage"]),
+            **self._cost("compressor", Usage(**r["usage"])),
         )
         self.comp_ids[(r["sample_id"], r["kind"], r["j"])] = cid
 
@@ -89,6 +94,7 @@ class Recorder:
             truncated=r["truncated_prompt"],
             error=r["error"],
             usage=Usage(**r["usage"]),
+            **self._cost("predictor", Usage(**r["usage"])),
         )
         self.pred_ids[(r["sample_id"], r["arm"])] = pid
 

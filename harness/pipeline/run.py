@@ -47,6 +47,17 @@ def _progress(total: int, desc: str, quiet: bool):
     return tqdm(total=total, desc=desc, unit="req", disable=quiet, file=sys.stderr, leave=False)
 
 
+def _cost_fn(cfg: RunConfig, backends: dict[str, Any]) -> Any:
+    """FLOPs and dollars of one call of a role's model (as if uncached), for the store's usage rows."""
+    from harness.cost import call_cost
+
+    def cost(role: str, usage: Any) -> dict[str, Any]:
+        mc = getattr(cfg.models, role)
+        return call_cost(cfg, mc, backends.get(role), usage) if mc is not None else {}
+
+    return cost
+
+
 def run(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
     """Execute a run and return its summary (also written to the run folder)."""
     from harness.metrics import score_prediction
@@ -75,12 +86,15 @@ def run(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
         store.start_run(run_id=run_id, name=cfg.name, config=cfg, git_commit=_git_commit())
         store.add_samples(cfg.task.name, samples)
     writer = Recorder(out_dir, store, run_id, cfg.task.name)
+    writer.cost = _cost_fn(cfg, {"compressor": comp_be, "predictor": pred_be})
+    from harness.cost import model_meta
+
     if comp_be is not None:
-        writer.model("compressor", comp_be.identity())
-    writer.model("predictor", pred_be.identity())
+        writer.model("compressor", comp_be.identity(), model_meta(cfg.models.compressor, comp_be))
+    writer.model("predictor", pred_be.identity(), model_meta(cfg.models.predictor, pred_be))
     if cfg.models.scorer is not None and cfg.mi is not None and "scorer" in cfg.mi.scorers:
         sc_be = make_backend(cfg.models.scorer, field="models.scorer.model", cache=cache)
-        writer.model("scorer", sc_be.identity())
+        writer.model("scorer", sc_be.identity(), model_meta(cfg.models.scorer, sc_be))
     knobs = {"compressor_generation": cfg.generation.compressor.model_dump(),
              "predictor_generation": cfg.generation.predictor.model_dump(), "seed": cfg.seed,
              "mi": cfg.mi.model_dump() if cfg.mi else None}

@@ -27,6 +27,7 @@ from typing import Any
 from harness.backends.base import STATS
 from harness.backends.registry import make_backend
 from harness.config import ModelConfig, RunConfig, TaskConfig, parse_config
+from harness.cost import model_meta
 from harness.errors import UserError
 from harness.pipeline.compress import CompKey, CompressOutput, compression_knob_hash, sampling_params
 from harness.pipeline.mi_stage import mi_stage
@@ -154,7 +155,8 @@ def expand(cfg: RunConfig) -> Plan:
         if needs_compression:
             kh = compression_knob_hash(rc)
             assert rc.models.compressor is not None
-            unit_key = knob_hash({"compressor": rc.models.compressor.model_dump(mode="json"), "knobs": kh})
+            unit_key = knob_hash({"compressor": rc.models.compressor.model_dump(mode="json"), "knobs": kh,
+                                  "seed": rc.seed})  # the seed is a column of the compression key, not in kh
             plan.units.setdefault(unit_key, CompressUnit(unit_key, rc, task_key, kh))
         for arm in rc.arms:
             h = _cell_hash(rc.model_dump(mode="json"), arm)
@@ -231,7 +233,7 @@ class Sweep:
         k = self._mkey(mc)
         if k not in self.model_ids:
             be = self._backend(mc, field)
-            self.model_ids[k] = self.store.model_id(be.identity(), _model_meta(mc, be))
+            self.model_ids[k] = self.store.model_id(be.identity(), model_meta(mc, be))
         return self.model_ids[k]
 
     def _release(self, mc: ModelConfig) -> None:
@@ -553,14 +555,6 @@ class _ContinuationWriter:
             self.sweep.counts["scores"] += 1
         elif kind == "errors" and sid not in self.pred_ids:  # failed before any call: the error is the row
             self.pred_ids[sid] = self.sweep._store_prediction((self.cell, s, comp_id, False), None, r["error"])
-
-
-def _model_meta(mc: ModelConfig, be: Any) -> dict[str, Any] | None:
-    """Family and size of a model (for scaling plots and FLOPs), from its files, without loading weights."""
-    from harness.cost import arch_meta, model_arch
-
-    arch = model_arch(mc, be)
-    return arch_meta(arch) if arch is not None else None
 
 
 def cell_table(store: Any, run_id: str) -> str:
