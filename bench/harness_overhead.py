@@ -33,6 +33,7 @@ import transformers
 import harness.metrics
 import harness.pipeline.run as run_mod
 from harness.backends.base import STATS
+from harness.backends.registry import make_backend
 from harness.backends.transformers import TransformersBackend
 from harness.config import RunConfig, load_config
 from harness.pipeline.prompts import arm_input, arm_messages, render
@@ -125,16 +126,7 @@ def make_config(n: int, tmp: Path, comp_tokens: int, pred_tokens: int) -> RunCon
 
 def backend_for(role: Any) -> TransformersBackend:
     """The backend `make_backend` builds for this role (no response cache)."""
-    return TransformersBackend(
-        role.backend,
-        role.name,
-        dtype=role.dtype,
-        device=role.device,
-        batch_size=role.batch_size,
-        revision=role.revision,
-        trust_remote_code=role.trust_remote_code,
-        context_window=role.context_window,
-    )
+    return make_backend(role)
 
 
 def direct(cfg: RunConfig, samples: list[Sample]) -> tuple[list[Generation], dict[tuple[str, str], Generation]]:

@@ -34,6 +34,18 @@ def need_pack(alias: str) -> Path:
     return packs.gguf_path(alias)
 
 
+@pytest.fixture
+def offline_datasets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep `datasets` caches under tmp_path and the hub offline (loader tests read local files only)."""
+    cache = tmp_path / "hf_cache"
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+
+
 @pytest.fixture(scope="session")
 def smollm2():
     """The smallest real instruct model through transformers (bf16), loaded once."""

@@ -35,15 +35,8 @@ ARMS = ["compressed", "full-context", "no-context"]
 
 
 @pytest.fixture(autouse=True)
-def _offline_datasets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep `datasets` caches under tmp_path and the hub offline."""
-    cache = tmp_path / "hf_cache"
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+def _offline_datasets(offline_datasets: None) -> None:
+    """Every test here reads local files only (see conftest.offline_datasets)."""
 
 
 def _msg(role: str, content: str) -> dict[str, Any]:

@@ -82,6 +82,17 @@ def _rd_fit_once(r: np.ndarray, d: np.ndarray, p0: Sequence[float] | None = None
     return p
 
 
+def _finite_pairs(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray,
+                  names: str) -> tuple[np.ndarray, np.ndarray]:
+    """Two equal-length float arrays with every pair holding a NaN or inf dropped."""
+    u = np.asarray(x, dtype=float).ravel()
+    v = np.asarray(y, dtype=float).ravel()
+    if u.shape != v.shape:
+        raise ValueError(f"{names} differ in length ({u.size} vs {v.size})")
+    keep = np.isfinite(u) & np.isfinite(v)
+    return u[keep], v[keep]
+
+
 def fit_rate_distortion(
     R: Sequence[float] | np.ndarray, D: Sequence[float] | np.ndarray, n_boot: int = 1000, seed: int = 0
 ) -> RDFit:
@@ -90,12 +101,7 @@ def fit_rate_distortion(
     Needs at least `MIN_RD_POINTS` distinct (R, D) points (NaNs dropped); otherwise returns identifiable=False.
     A failed optimisation is reported (ok=False, note), never raised.
     """
-    r = np.asarray(R, dtype=float).ravel()
-    d = np.asarray(D, dtype=float).ravel()
-    if r.shape != d.shape:
-        raise ValueError(f"R and D differ in length ({r.size} vs {d.size})")
-    keep = np.isfinite(r) & np.isfinite(d)
-    r, d = r[keep], d[keep]
+    r, d = _finite_pairs(R, D, "R and D")
     n_distinct = len({(float(a), float(b)) for a, b in zip(r, d, strict=True)})
     if n_distinct < MIN_RD_POINTS:
         return RDFit(r.size, n_distinct, False, note=f"not identifiable ({n_distinct} points; need ≥ {MIN_RD_POINTS})")
@@ -201,12 +207,7 @@ class Correlation:
 
 def correlation(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> Correlation | None:
     """Pearson and Spearman correlation over the finite pairs; None when fewer than 3 remain."""
-    u = np.asarray(x, dtype=float).ravel()
-    v = np.asarray(y, dtype=float).ravel()
-    if u.shape != v.shape:
-        raise ValueError(f"x and y differ in length ({u.size} vs {v.size})")
-    keep = np.isfinite(u) & np.isfinite(v)
-    u, v = u[keep], v[keep]
+    u, v = _finite_pairs(x, y, "x and y")
     if u.size < 3:
         return None
     if np.ptp(u) == 0 or np.ptp(v) == 0:
