@@ -220,7 +220,8 @@ def knob_summaries(knobs_json: pd.Series) -> list[str]:
     """Per cell, the knobs that differ between the cells ("k=v, ..."), "-" when none differ."""
     flat = [_flatten(json.loads(k) if isinstance(k, str) and k else {}) for k in knobs_json]
     keys = sorted({k for f in flat for k in f})
-    varying = [k for k in keys if len({json.dumps(f.get(k), default=str) for f in flat}) > 1]
+    # knob_hash only identifies the compressions a cell reads; the arm and compressor columns already differ
+    varying = [k for k in keys if k != "knob_hash" and len({json.dumps(f.get(k), default=str) for f in flat}) > 1]
     out = []
     for f in flat:
         s = ", ".join(f"{k}={f.get(k)}" for k in varying if k in f)
