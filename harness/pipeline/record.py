@@ -120,29 +120,24 @@ class Recorder:
 
     def _store_mi(self, r: dict[str, Any]) -> None:
         role = "compressor" if r["scorer"] == "self" else "scorer"
-        ci = r.get("ci") or [None, None]
-        self.store.add_mi_estimate(
-            run_id=self.run_id,
-            task=self.task,
-            compressor_model_id=self.models["compressor"],
-            scorer_model_id=self.models[role],
-            mode=r["mode"],
-            group_id="" if r["group_id"] == "*" else r["group_id"],
-            n_contexts=r.get("n_contexts"),
-            n_samples=r["samples_per_context"],
-            sampling=r["sampling"],
-            bits=r.get("bits"),
-            ci_lo=ci[0],
-            ci_hi=ci[1],
-            upper_bits=r.get("upper_bits"),
-            upper_is_bound=r.get("upper_is_bound"),
-            saturated_fraction=r.get("saturated_fraction"),
-            bits_per_token=r.get("bits_per_token"),
-            mean_tokens=r.get("mean_tokens"),
-            error=r.get("error"),
-            detail={k: r.get(k) for k in ("tokenization", "forwarded_tokens", "lower_bound_tokens", "scorer_identity")},
-        )
+        store_mi_row(self.store, self.run_id, self.task, self.models["compressor"], self.models[role], r, "")
 
     def close(self) -> None:
         for f in self._files.values():
             f.close()
+
+
+def store_mi_row(store: Any, run_id: str, task: str, compressor_id: int, scorer_id: int, r: dict[str, Any],
+                 knob_hash: str) -> int:
+    """Write one MI stage row (a group's estimate, or the pooled one with group_id "*") to the results store."""
+    ci = r.get("ci") or [None, None]
+    return store.add_mi_estimate(
+        run_id=run_id, task=task, compressor_model_id=compressor_id, scorer_model_id=scorer_id, mode=r["mode"],
+        group_id="" if r["group_id"] == "*" else r["group_id"], knob_hash=knob_hash,
+        n_contexts=r.get("n_contexts"), n_samples=r["samples_per_context"], sampling=r["sampling"],
+        bits=r.get("bits"), ci_lo=ci[0], ci_hi=ci[1], upper_bits=r.get("upper_bits"),
+        upper_is_bound=r.get("upper_is_bound"), saturated_fraction=r.get("saturated_fraction"),
+        bits_per_token=r.get("bits_per_token"), mean_tokens=r.get("mean_tokens"), error=r.get("error"),
+        detail={k: r.get(k) for k in ("tokenization", "forwarded_tokens", "lower_bound_tokens", "scorer_identity",
+                                      "forwarded_ratio")},
+    )

@@ -32,6 +32,7 @@ from harness.errors import UserError
 from harness.pipeline.compress import CompKey, CompressOutput, compression_knob_hash, sampling_params
 from harness.pipeline.mi_stage import mi_stage
 from harness.pipeline.prompts import arm_input, arm_messages, render
+from harness.pipeline.record import store_mi_row
 from harness.pipeline.stages import Item, fit_request, params_from, run_generation_stage
 from harness.records import Generation, GenRequest, Sample, Usage
 from harness.store.store import knob_hash
@@ -181,19 +182,8 @@ class _MIWriter:
         self.compressor_id, self.scorer_id, self.khash = compressor_id, scorer_id, khash
 
     def write(self, kind: str, r: dict[str, Any]) -> None:
-        if kind != "mi":
-            return
-        ci = r.get("ci") or [None, None]
-        self.store.add_mi_estimate(
-            run_id=self.run_id, task=self.task, compressor_model_id=self.compressor_id,
-            scorer_model_id=self.scorer_id, mode=r["mode"], group_id="" if r["group_id"] == "*" else r["group_id"],
-            knob_hash=self.khash, n_contexts=r.get("n_contexts"), n_samples=r["samples_per_context"],
-            sampling=r["sampling"], bits=r.get("bits"), ci_lo=ci[0], ci_hi=ci[1], upper_bits=r.get("upper_bits"),
-            upper_is_bound=r.get("upper_is_bound"), saturated_fraction=r.get("saturated_fraction"),
-            bits_per_token=r.get("bits_per_token"), mean_tokens=r.get("mean_tokens"), error=r.get("error"),
-            detail={k: r.get(k) for k in ("tokenization", "forwarded_tokens", "lower_bound_tokens",
-                                          "scorer_identity", "forwarded_ratio")},
-        )
+        if kind == "mi":
+            store_mi_row(self.store, self.run_id, self.task, self.compressor_id, self.scorer_id, r, self.khash)
 
 
 class Sweep:
