@@ -54,8 +54,13 @@ def score_group(
     *,
     exact_ids: bool,
     mode: str = "conditional",
+    progress: Any = None,
 ) -> GroupLogp:
-    """Score every compression of the group under every context of the group."""
+    """Score every compression of the group under every context of the group.
+
+    With a `progress` bar, requests go to the scorer one context at a time (the continuations under one
+    context share its prefix's KV cache) and the bar advances; without one, in a single call.
+    """
     n = len(samples)
     m = len(compressions[0])
     q0 = samples[0].question
@@ -73,7 +78,14 @@ def score_group(
                 else:
                     reqs.append(ScoreRequest(messages=msgs, continuation=g.text, append_eos=g.finish_reason == "stop"))
     f0 = STATS["forwarded_tokens"]
-    results = scorer.score(reqs)
+    if progress is None:
+        results = scorer.score(reqs)
+    else:
+        results = []
+        per = n * m
+        for a in range(0, len(reqs), per):
+            results.extend(scorer.score(reqs[a : a + per]))
+            progress.update(len(reqs[a : a + per]))
     forwarded = STATS["forwarded_tokens"] - f0
     logp = np.empty((n, m, n))
     z_len = np.zeros((n, m), dtype=int)

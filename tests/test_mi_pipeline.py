@@ -84,3 +84,32 @@ def test_failed_scoring_fails_the_estimate_not_zero():
     g = Generation("summary", [1, 2], None, Usage(completion_tokens=2), finish_reason="stop")
     out = score_group(_FailingScorer(), samples, [[g], [g]], DEFAULT_PROMPTS["compressor"], exact_ids=True)
     assert out.logp is None and "boom" in out.error
+
+
+class _LengthScorer:
+    """A fake scorer for a pure-logic test: log p(z|x) depends on the prefix and continuation; records calls."""
+
+    def __init__(self):
+        self.calls: list[int] = []
+
+    def score(self, reqs):
+        self.calls.append(len(reqs))
+        return [ScoreResult([1], [-(len(str(r.messages)) % 7) - len(r.continuation_ids)], Usage()) for r in reqs]
+
+
+class _Bar:
+    n = 0
+
+    def update(self, k):
+        self.n += k
+
+
+def test_score_group_progress_goes_context_by_context_with_the_same_logp():
+    samples = load_task("synthetic-records", size=8, seed=0, options={"n_templates": 1})[:3]
+    comps = [[Generation("z", [1] * (i + j + 1), None, Usage(), finish_reason="stop") for j in range(2)]
+             for i in range(3)]
+    one, per_ctx, bar = _LengthScorer(), _LengthScorer(), _Bar()
+    a = score_group(one, samples, comps, DEFAULT_PROMPTS["compressor"], exact_ids=True)
+    b = score_group(per_ctx, samples, comps, DEFAULT_PROMPTS["compressor"], exact_ids=True, progress=bar)
+    assert one.calls == [18] and per_ctx.calls == [6, 6, 6] and bar.n == 18
+    assert np.array_equal(a.logp, b.logp) and len(np.unique(a.logp)) > 1

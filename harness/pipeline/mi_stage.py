@@ -26,9 +26,18 @@ def question_groups(cfg: RunConfig, samples: list[Sample]) -> list[list[int]]:
     return [g for g in out if len(g) >= cfg.mi.min_contexts]
 
 
+def mi_request_count(cfg: RunConfig, samples: list[Sample]) -> int:
+    """Score requests the MI stage sends: every compression of a group under every context of it."""
+    assert cfg.mi is not None
+    return sum(len(g) ** 2 * cfg.mi.samples_per_context for g in question_groups(cfg, samples))
+
+
 def mi_stage(cfg: RunConfig, scorer: Any, scorer_label: str, compressor_identity: Any, samples: list[Sample],
-             comp: CompressOutput, writer: Any) -> dict[str, Any]:
-    """Estimate I(X;Z|Q) for one scorer; per-group rows and the overall row are written; returns the overall."""
+             comp: CompressOutput, writer: Any, progress: Any = None) -> dict[str, Any]:
+    """Estimate I(X;Z|Q) for one scorer; per-group rows and the overall row are written; returns the overall.
+
+    `progress` (a tqdm-like bar, optional) advances by score requests, one context at a time.
+    """
     mi = cfg.mi
     assert mi is not None
     m = mi.samples_per_context
@@ -50,9 +59,11 @@ def mi_stage(cfg: RunConfig, scorer: Any, scorer_label: str, compressor_identity
             row["error"] = f"compression missing or failed for {bad[0]}"
             errors.append(row["error"])
             writer.write("mi", row)
+            if progress is not None:
+                progress.update(len(g) ** 2 * m)
             continue
         gl = score_group(scorer, [samples[i] for i in g], comps, cfg.prompts.compressor, exact_ids=exact,
-                         mode=mi.mode)
+                         mode=mi.mode, progress=progress)
         row["tokenization"] = gl.tokenization
         if gl.error:
             row["error"] = gl.error

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import platform
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import asdict
@@ -19,10 +18,10 @@ from harness.backends.registry import make_backend
 from harness.config import RunConfig
 from harness.pipeline.compress import CompKey, compress_stage
 from harness.pipeline.distortion import bpb_summary, score_continuations
-from harness.pipeline.mi_stage import mi_stage
+from harness.pipeline.mi_stage import mi_request_count, mi_stage
 from harness.pipeline.prompts import choices_block, render
 from harness.pipeline.record import Recorder
-from harness.pipeline.stages import Item, add_usage, fit_request, params_from, run_generation_stage
+from harness.pipeline.stages import Item, add_usage, fit_request, params_from, progress_bar, run_generation_stage
 from harness.records import Generation, GenParams, GenRequest
 from harness.tasks import load_task
 
@@ -39,12 +38,6 @@ def _git_commit() -> str | None:
         return r.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def _progress(total: int, desc: str, quiet: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="req", disable=quiet, file=sys.stderr, leave=False)
 
 
 def _cost_fn(cfg: RunConfig, backends: dict[str, Any]) -> Any:
@@ -135,7 +128,7 @@ def run(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
     mi_rows: list[dict[str, Any]] = []
     if comp_be is not None:
         identities["compressor"] = asdict(comp_be.identity())
-        with _progress(0, "compress", quiet) as bar:
+        with progress_bar(0, "compress", quiet, leave=False) as bar:
             comp = compress_stage(cfg, comp_be, samples, writer, usage["compressor"], bar)
         index = {s.id: k for k, s in enumerate(samples)}
         for it in items:
@@ -152,11 +145,15 @@ def run(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
             if g is None or g.error:
                 it.error, it.error_stage = (g.error if g else "no compression"), "compress"
         if cfg.mi is not None and "self" in cfg.mi.scorers:
-            mi_rows.append(mi_stage(cfg, comp_be, "self", comp_be.identity(), samples, comp, writer))
+            with progress_bar(mi_request_count(cfg, samples), "MI self", quiet, leave=False) as bar:
+                mi_rows.append(mi_stage(cfg, comp_be, "self", comp_be.identity(), samples, comp, writer, bar))
         comp_be.close()
         if cfg.mi is not None and "scorer" in cfg.mi.scorers:
             identities["scorer"] = asdict(sc_be.identity())
-            mi_rows.append(mi_stage(cfg, sc_be, cfg.models.scorer.model, comp_be.identity(), samples, comp, writer))
+            with progress_bar(mi_request_count(cfg, samples), f"MI {cfg.models.scorer.model}", quiet,
+                              leave=False) as bar:
+                mi_rows.append(mi_stage(cfg, sc_be, cfg.models.scorer.model, comp_be.identity(), samples, comp,
+                                        writer, bar))
             sc_be.close()
 
     # ---- stage 2: predict every arm (one model in memory) ----
@@ -213,7 +210,7 @@ def run(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
             },
         )
 
-    with _progress(len(jobs), "predict", quiet) as bar:
+    with progress_bar(len(jobs), "predict", quiet, leave=False) as bar:
         run_generation_stage(be, jobs, on_predicted, chunk=max(mp.batch_size, 1) * 2, progress=bar)
     score_continuations(be, items, cfg, writer, usage["predictor"])
     be.close()

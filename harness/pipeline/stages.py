@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +70,13 @@ def fit_request(
         keep -= over + 2
     return None, False, f"context overflow: could not truncate the prompt to fit window {window}"
 
+
+
+def progress_bar(total: int, desc: str, quiet: bool, leave: bool = True) -> Any:
+    """A tqdm bar on stderr (counts, elapsed and remaining time); disabled when `quiet`."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="req", disable=quiet, file=sys.stderr, leave=leave)
 
 
 def run_generation_stage(

@@ -18,7 +18,6 @@ import dataclasses
 import itertools
 import os
 import signal
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,10 +29,10 @@ from harness.config import ModelConfig, RunConfig, TaskConfig, parse_config
 from harness.cost import model_meta
 from harness.errors import UserError
 from harness.pipeline.compress import CompKey, CompressOutput, compression_knob_hash, sampling_params
-from harness.pipeline.mi_stage import mi_stage
+from harness.pipeline.mi_stage import mi_request_count, mi_stage
 from harness.pipeline.prompts import arm_input, arm_messages, render
 from harness.pipeline.record import store_mi_row
-from harness.pipeline.stages import Item, fit_request, params_from, run_generation_stage
+from harness.pipeline.stages import Item, fit_request, params_from, progress_bar, run_generation_stage
 from harness.records import Generation, GenRequest, Sample, Usage
 from harness.store.store import knob_hash
 
@@ -166,12 +165,6 @@ def expand(cfg: RunConfig) -> Plan:
             if cid not in plan.cells:
                 plan.cells[cid] = Cell(cid, rc, arm, task_key, unit_key if arm == "compressed" else None, setting)
     return plan
-
-
-def _progress(total: int, desc: str, quiet: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="req", disable=quiet, file=sys.stderr)
 
 
 class _MIWriter:
@@ -332,7 +325,7 @@ class Sweep:
             def done(meta: tuple[Any, ...], g: Generation, mid: int = mid) -> None:
                 self._store_compression(mid, meta, g, g.error)
 
-            with _progress(len(jobs), f"compress {mc.model}", self.quiet) as bar:
+            with progress_bar(len(jobs), f"compress {mc.model}", self.quiet) as bar:
                 run_generation_stage(be, jobs, done, chunk=max(mc.batch_size, 1) * 2, progress=bar)
             for u in units:
                 if u.cfg.mi is not None and "self" in u.cfg.mi.scorers:
@@ -387,7 +380,10 @@ class Sweep:
             return
         comp_ident = self._backend(rc.models.compressor, "sweep.compressors").identity()
         writer = _MIWriter(self.store, self.plan.run_id, rc.task.name, cmid, scorer_id, u.knob_hash)
-        mi_stage(rc, be, label, comp_ident, self.samples[u.task_key], self._comp_output(u, cmid), writer)
+        samples = self.samples[u.task_key]
+        with progress_bar(mi_request_count(rc, samples), f"MI {label} ← {rc.models.compressor.model}",
+                          self.quiet) as bar:
+            mi_stage(rc, be, label, comp_ident, samples, self._comp_output(u, cmid), writer, bar)
         self.counts["mi_estimates"] += 1
 
     # ---- stage 2: the common proxy scorer ----
@@ -475,7 +471,7 @@ class Sweep:
                 self._store_prediction(meta, g, g.error)
 
             n_cont = sum(len(its) for _, its in continuations)
-            with _progress(len(jobs) + n_cont, f"predict {mp.model}", self.quiet) as bar:
+            with progress_bar(len(jobs) + n_cont, f"predict {mp.model}", self.quiet) as bar:
                 run_generation_stage(be, jobs, done, chunk=max(mp.batch_size, 1) * 2, progress=bar)
                 for c, its in continuations:
                     score_continuations(be, its, c.cfg, _ContinuationWriter(self, c, its), {}, progress=bar)
