@@ -19,7 +19,7 @@ from harness.config import RunConfig
 from harness.pipeline.compress import CompKey, compress_stage
 from harness.pipeline.distortion import bpb_summary, score_continuations
 from harness.pipeline.mi_stage import mi_request_count, mi_stage
-from harness.pipeline.prompts import choices_block, render
+from harness.pipeline.prompts import arm_input, arm_messages
 from harness.pipeline.record import Recorder
 from harness.pipeline.stages import Item, add_usage, fit_request, params_from, progress_bar, run_generation_stage
 from harness.records import Generation, GenParams, GenRequest
@@ -166,22 +166,10 @@ def run(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
         if it.error or it.sample.answer_type == "continuation":  # distortion: scored below, not generated
             continue
         s = it.sample
-        ch = choices_block(s)
-        if it.arm == "compressed":
-            assert it.compression is not None
-            text, tmpl, key = it.compression.text, cfg.prompts.predictor, "summary"
-        elif it.arm == "full-context":
-            text, tmpl, key = s.context, cfg.prompts.full_context, "context"
-        elif it.arm == "gold-context":
-            text, tmpl, key = s.gold_context(), cfg.prompts.full_context, "context"
-        else:
-            text, tmpl, key = "", cfg.prompts.no_context, ""
+        text, tmpl, key = arm_input(cfg.prompts, it.arm, s, it.compression.text if it.compression else None)
 
-        def build(t: str, tmpl=tmpl, key=key, s=s, ch=ch) -> GenRequest:
-            fields = {"question": s.question, "choices": ch}
-            if key:
-                fields[key] = t
-            return GenRequest.chat(render(tmpl, **fields), pparams)
+        def build(t: str, tmpl=tmpl, key=key, s=s) -> GenRequest:
+            return GenRequest.chat(arm_messages(tmpl, key, s, t), pparams)
 
         req, trunc, err = fit_request(be, build, text, cfg.overflow)
         it.prediction_truncated = trunc
