@@ -11,7 +11,7 @@ import numpy as np
 from harness.config import DEFAULT_PROMPTS, load_config
 from harness.mi import estimate_mi, exact_mi_bits
 from harness.pipeline.run import run
-from harness.records import Generation, ScoreResult, Usage
+from harness.records import Generation, GenParams, GenRequest, ScoreResult, Usage
 from harness.scoring import candidate_logp, score_group
 from harness.tasks import load_task
 from tests.conftest import REPO, need_pack
@@ -113,3 +113,31 @@ def test_score_group_progress_goes_context_by_context_with_the_same_logp():
     b = score_group(per_ctx, samples, comps, DEFAULT_PROMPTS["compressor"], exact_ids=True, progress=bar)
     assert one.calls == [18] and per_ctx.calls == [6, 6, 6] and bar.n == 18
     assert np.array_equal(a.logp, b.logp) and len(np.unique(a.logp)) > 1
+
+
+class _KilledAfterFirstContext(_Bar):
+    """A progress bar that interrupts the stage after the first context's requests (a kill mid-MI)."""
+
+    def update(self, k):
+        super().update(k)
+        raise KeyboardInterrupt
+
+
+def test_interrupted_mi_scoring_resumes_from_the_cache_context_by_context(smollm2, tmp_path):
+    from harness.backends.cache import CachedBackend, ResponseCache
+
+    samples = load_task("synthetic-records", size=8, seed=0, options={"n_templates": 1})[:3]
+    prompt = DEFAULT_PROMPTS["compressor"]
+    comps = [[g] for g in smollm2.generate([GenRequest.chat([{"role": "user", "content": f"Say a word about {s.id}."}],
+                                                            GenParams(max_new_tokens=6)) for s in samples])]
+    full = score_group(smollm2, samples, comps, prompt, exact_ids=True)
+    first = CachedBackend(smollm2, ResponseCache(tmp_path / "c.sqlite"))
+    try:
+        score_group(first, samples, comps, prompt, exact_ids=True, progress=_KilledAfterFirstContext())
+        raise AssertionError("the bar should have interrupted scoring")
+    except KeyboardInterrupt:
+        pass
+    again = CachedBackend(smollm2, ResponseCache(tmp_path / "c.sqlite"))
+    out = score_group(again, samples, comps, prompt, exact_ids=True, progress=_Bar())
+    assert (first.misses, again.hits, again.misses) == (3, 3, 6)  # the first context is not scored again
+    assert np.allclose(out.logp, full.logp, atol=1e-4)
