@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import optimize
+from scipy import stats as sps
 
 from harness.analyze import stats
 from harness.analyze.stats import (
@@ -145,6 +146,22 @@ def test_correlation_values_and_too_few_points():
     assert c is not None and math.isnan(c.pearson_r)
 
 
+def test_small_n_correlation_p_values_are_exact_permutation_p_values():
+    c = correlation([2.0, 3.8, 4.0], [0.41, 0.53, 0.69])  # perfect rank order of 3 points
+    # 2 of the 3! pairings reach |ρ| = 1: p = 1/3, where the t approximation says 0
+    assert c.exact and c.spearman_rho == pytest.approx(1.0) and c.spearman_p == pytest.approx(1 / 3)
+    c = correlation(np.arange(7.0), np.arange(7.0) ** 2)
+    assert c.exact and c.spearman_p == pytest.approx(2 / 5040) and 0 < c.pearson_p < 0.01
+    c = correlation(np.arange(9.0), np.arange(9.0) ** 2)
+    assert not c.exact and c.spearman_p < 1e-6  # n > 8: scipy's asymptotic p-values
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=6), rng.normal(size=6)
+    c = correlation(x, y)
+    ref = sps.permutation_test((x,), lambda a: sps.spearmanr(a, y)[0], permutation_type="pairings",
+                                 n_resamples=np.inf)  # scipy's exact enumeration, independent of ours
+    assert c.spearman_p == pytest.approx(ref.pvalue) and 0.05 < c.spearman_p < 1
+
+
 # ----------------------------------------------------------------------------- logistic factors
 
 
@@ -231,3 +248,11 @@ def test_logistic_missing_rows_are_noted():
 
 def test_min_points_constant():
     assert stats.MIN_RD_POINTS == 5
+
+
+def test_not_crossed_flags_family_seen_at_disjoint_sizes():
+    d = pd.DataFrame({"fam": ["llama", "qwen2", "qwen2", "llama"], "size": [27.0, 28.9, 30.5, 27.0]})
+    assert stats.not_crossed(d, "fam", "size") == {"llama": [27.0], "qwen2": [28.9, 30.5]}
+    crossed = pd.concat([d, pd.DataFrame({"fam": ["llama"], "size": [28.9]})])  # one size now in both families
+    assert stats.not_crossed(crossed, "fam", "size") is None
+    assert stats.not_crossed(d[d["fam"] == "qwen2"], "fam", "size") is None  # one family: nothing to confound

@@ -983,7 +983,9 @@ def _corr_section(comp_cells: pd.DataFrame) -> list[str]:
     L += [md_table(["points", "x", "n", "Pearson r (p)", "Spearman ρ (p)"], rows), ""]
     L += [
         "One point per (compressor, predictor); accuracy pooled over that pair's cells. With several predictors "
-        "the 'all predictors' row mixes them.",
+        "the 'all predictors' row mixes them and repeats each compressor's MI, so its points are not independent. "
+        f"With n ≤ {stats.EXACT_CORRELATION_MAX_N} points the p-values are exact two-sided permutation p-values "
+        "(all n! pairings; with 3 points the smallest possible is 1/3); above that, scipy's asymptotic ones.",
         "",
     ]
     return L
@@ -1023,6 +1025,15 @@ def _factor_section(preds: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
             factors.remove(f)
         elif k:
             notes.append(f"{f}: {k} predictions with an unknown size are left out of the model")
+    if "log2_compressor_params" in factors:
+        nc = stats.not_crossed(d, "compressor_family", "log2_compressor_params")
+        if nc:
+            seen = "; ".join(f"{fam}: {', '.join(fmt_params(2.0**v) for v in vs)}" for fam, vs in nc.items())
+            notes.append(
+                f"compressor family and size are confounded: no compressor size occurs in two families ({seen}). "
+                "The family coefficient compares families only through the model's straight line in log2 size, "
+                "and the size coefficient partly reflects family; read the two together."
+            )
     res = stats.logistic_factors(d, "correct", factors, "sample")
     L.append(
         "Logistic regression of per-prediction correctness (compressor cells) on the factors below; 95% "

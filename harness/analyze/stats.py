@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Sequence
@@ -196,13 +197,21 @@ def mcnemar_exact(a: Sequence[bool] | np.ndarray, b: Sequence[bool] | np.ndarray
 
 @dataclass(frozen=True)
 class Correlation:
-    """Pearson r and Spearman ρ with their p-values over n points (NaN when an input is constant)."""
+    """Pearson r and Spearman ρ with their p-values over n points (NaN when an input is constant).
+
+    `exact` marks p-values from the exact permutation distribution (all n! pairings; used for n ≤ 8, where
+    the t approximation fails, e.g. it gives p = 0 for a perfect rank correlation of 3 points).
+    """
 
     n: int
     pearson_r: float
     pearson_p: float
     spearman_rho: float
     spearman_p: float
+    exact: bool = False
+
+
+EXACT_CORRELATION_MAX_N = 8
 
 
 def correlation(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> Correlation | None:
@@ -215,7 +224,21 @@ def correlation(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray
         return Correlation(int(u.size), nan, nan, nan, nan)
     pr = stats.pearsonr(u, v)
     sr = stats.spearmanr(u, v)
-    return Correlation(int(u.size), float(pr[0]), float(pr[1]), float(sr[0]), float(sr[1]))
+    if u.size > EXACT_CORRELATION_MAX_N:
+        return Correlation(int(u.size), float(pr[0]), float(pr[1]), float(sr[0]), float(sr[1]))
+
+    ru, rv = stats.rankdata(u), stats.rankdata(v)
+    return Correlation(int(u.size), float(pr[0]), _exact_perm_p(u, v), float(sr[0]), _exact_perm_p(ru, rv), exact=True)
+
+
+def _exact_perm_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided p of Pearson's r under all n! pairings of `a` with `b` (the observed one included)."""
+    a = a - a.mean()
+    b = b - b.mean()
+    perms = np.array(list(itertools.permutations(range(a.size))))
+    r = (b[perms] @ a) / (np.linalg.norm(a) * np.linalg.norm(b))
+    r_obs = float(a @ b) / (np.linalg.norm(a) * np.linalg.norm(b))
+    return float(np.mean(np.abs(r) >= abs(r_obs) - 1e-12))
 
 
 # ----------------------------------------------------------------------------- logistic regression
@@ -305,6 +328,20 @@ def _fit_logit(y: np.ndarray, x: pd.DataFrame, groups: np.ndarray | None) -> tup
     if HessianInversionWarning in kinds:
         notes.append("the Hessian could not be inverted: intervals are unreliable")
     return res, notes
+
+
+def not_crossed(df: pd.DataFrame, by: str, x: str) -> dict[str, list[Any]] | None:
+    """Levels of `by` with the `x` values seen at each, when the two are not crossed, else None.
+
+    Not crossed: `by` has ≥ 2 levels and no `x` value occurs at two of them (e.g. every compressor size
+    belongs to one family), so `by`'s effect is only identified through the model's form in `x`.
+    """
+    d = df[[by, x]].dropna()
+    if d[by].nunique() < 2:
+        return None
+    if (d.groupby(x)[by].nunique() > 1).any():
+        return None
+    return {str(k): sorted(g.unique().tolist()) for k, g in d.groupby(by, sort=True)[x]}
 
 
 def logistic_factors(df: pd.DataFrame, outcome: str, factors: Sequence[str], cluster: str | None) -> LogitResult:
