@@ -220,7 +220,10 @@ def test_report_sections_sizes_and_not_identifiable(store_url, tmp_path):
     assert "n = 57 predictions, 10 samples" in sec
     for f in ("compressor_family", "log2_compressor_params", "log2_predictor_params"):
         assert re.search(rf"\| {f} \| [\d.]+ \| 1 \|", sec), f  # an LR test row
-    assert "confounded" not in sec
+    assert "is confounded" not in sec  # nothing collinear was dropped ...
+    # ... but no compressor size occurs in two families, and the report says so
+    assert "family and size are confounded: no compressor size occurs in two families (qwen2.5: 500M, 1.5B; " \
+           "smollm2: 135M)" in sec
     assert "### Errors by stage" in md
     # the run filter and an unknown run
     rep2 = build_report(store_url, tmp_path / "rep2", run_id=RUN, n_boot=10)
