@@ -838,9 +838,17 @@ def _scaling_section(
                 )
                 L += [f"Skipped: too little data ({why}; need ≥ 2 sizes).", ""]
                 continue
+            # MI and bits/token belong to the compressor (and scorer), not the predictor: one line per family
+            per_pred = col == "accuracy"
             series: Series = {}
             for _, r in d.iterrows():
-                label = f"{r['compressor_family']} → {r['predictor']}" + (f" [{r['task']}]" if multi_task else "")
+                label = (
+                    str(r["compressor_family"])
+                    + (f" → {r['predictor']}" if per_pred else "")
+                    + (f" [{r['task']}]" if multi_task else "")
+                )
+                if not per_pred and any(x == float(r["compressor_params"]) for x, *_ in series.get(label, [])):
+                    continue
                 series.setdefault(label, []).append(
                     (
                         float(r["compressor_params"]),
@@ -854,7 +862,8 @@ def _scaling_section(
                 series,
                 "compressor parameters",
                 ylabel,
-                f"{ylabel} vs compressor size (one line per compressor family → predictor)",
+                f"{ylabel} vs compressor size (one line per compressor family"
+                + (" → predictor)" if per_pred else ")"),
             )
             rep.plots.append(folder / fname)
             L += [f"![{ylabel} vs compressor size]({fname})", ""]
