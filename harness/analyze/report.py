@@ -821,12 +821,16 @@ def _scaling_section(
     if comp_cells.empty:
         L += ["No cells with a compressor: no compressor-size plots.", ""]
     else:
-        pts = pooled_points(comp_cells, ["task", "compressor_model_id", "predictor_model_id"])
+        per_pair = pooled_points(comp_cells, ["task", "compressor_model_id", "predictor_model_id"])
+        # MI and bits/token belong to the compressor (and scorer), not the predictor: one point per compressor
+        per_comp = pooled_points(comp_cells, ["task", "compressor_model_id"])
         for col, lo, hi, ylabel, fname in (
             ("accuracy", "acc_lo", "acc_hi", "accuracy", "scaling-accuracy.png"),
             ("mi_bits", "mi_lo", "mi_hi", "MI bits", "scaling-mi-bits.png"),
             ("bits_per_token", None, None, "bits per token", "scaling-bits-per-token.png"),
         ):
+            per_pred = col == "accuracy"
+            pts = per_pair if per_pred else per_comp
             L.append(f"### {ylabel} vs compressor size")
             L.append("")
             d = pts[pts["compressor_params"].notna() & pts[col].notna()]
@@ -838,8 +842,6 @@ def _scaling_section(
                 )
                 L += [f"Skipped: too little data ({why}; need ≥ 2 sizes).", ""]
                 continue
-            # MI and bits/token belong to the compressor (and scorer), not the predictor: one line per family
-            per_pred = col == "accuracy"
             series: Series = {}
             for _, r in d.iterrows():
                 label = (
@@ -847,8 +849,6 @@ def _scaling_section(
                     + (f" → {r['predictor']}" if per_pred else "")
                     + (f" [{r['task']}]" if multi_task else "")
                 )
-                if not per_pred and any(x == float(r["compressor_params"]) for x, *_ in series.get(label, [])):
-                    continue
                 series.setdefault(label, []).append(
                     (
                         float(r["compressor_params"]),

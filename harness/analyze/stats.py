@@ -226,19 +226,16 @@ def correlation(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray
     sr = stats.spearmanr(u, v)
     if u.size > EXACT_CORRELATION_MAX_N:
         return Correlation(int(u.size), float(pr[0]), float(pr[1]), float(sr[0]), float(sr[1]))
-
-    ru, rv = stats.rankdata(u), stats.rankdata(v)
-    return Correlation(int(u.size), float(pr[0]), _exact_perm_p(u, v), float(sr[0]), _exact_perm_p(ru, rv), exact=True)
+    p_r, p_rho = _exact_perm_p(u, v), _exact_perm_p(stats.rankdata(u), stats.rankdata(v))
+    return Correlation(int(u.size), float(pr[0]), p_r, float(sr[0]), p_rho, exact=True)
 
 
 def _exact_perm_p(a: np.ndarray, b: np.ndarray) -> float:
-    """Two-sided p of Pearson's r under all n! pairings of `a` with `b` (the observed one included)."""
-    a = a - a.mean()
-    b = b - b.mean()
+    """Two-sided p of Pearson's r under all n! pairings of `a` with `b` (the first, identity, is the observed)."""
+    a, b = a - a.mean(), b - b.mean()
     perms = np.array(list(itertools.permutations(range(a.size))))
     r = (b[perms] @ a) / (np.linalg.norm(a) * np.linalg.norm(b))
-    r_obs = float(a @ b) / (np.linalg.norm(a) * np.linalg.norm(b))
-    return float(np.mean(np.abs(r) >= abs(r_obs) - 1e-12))
+    return float(np.mean(np.abs(r) >= abs(r[0]) - 1e-12))
 
 
 # ----------------------------------------------------------------------------- logistic regression

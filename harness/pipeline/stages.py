@@ -71,7 +71,6 @@ def fit_request(
     return None, False, f"context overflow: could not truncate the prompt to fit window {window}"
 
 
-
 def progress_bar(total: int, desc: str, quiet: bool, leave: bool = True) -> Any:
     """A tqdm bar on stderr (counts, elapsed and remaining time); disabled when `quiet`."""
     from tqdm import tqdm
