@@ -10,6 +10,7 @@ import numpy as np
 from harness.config import RunConfig
 from harness.mi import bits_per_token, estimate_mi, estimate_mi_groups
 from harness.pipeline.compress import CompKey, CompressOutput, compression_knob_hash
+from harness.pipeline.stages import progress_bar
 from harness.records import Sample
 from harness.scoring import score_group
 
@@ -26,25 +27,29 @@ def question_groups(cfg: RunConfig, samples: list[Sample]) -> list[list[int]]:
     return [g for g in out if len(g) >= cfg.mi.min_contexts]
 
 
-def mi_request_count(cfg: RunConfig, samples: list[Sample]) -> int:
-    """Score requests the MI stage sends: every compression of a group under every context of it."""
-    assert cfg.mi is not None
-    return sum(len(g) ** 2 * cfg.mi.samples_per_context for g in question_groups(cfg, samples))
-
-
 def mi_stage(cfg: RunConfig, scorer: Any, scorer_label: str, compressor_identity: Any, samples: list[Sample],
-             comp: CompressOutput, writer: Any, progress: Any = None) -> dict[str, Any]:
+             comp: CompressOutput, writer: Any, *, quiet: bool = True, leave: bool = True) -> dict[str, Any]:
     """Estimate I(X;Z|Q) for one scorer; per-group rows and the overall row are written; returns the overall.
 
-    `progress` (a tqdm-like bar, optional) advances by score requests, one context at a time.
+    Unless `quiet`, a progress bar counts score requests, one context at a time.
     """
+    mi = cfg.mi
+    assert mi is not None
+    m = mi.samples_per_context
+    groups = question_groups(cfg, samples)
+    desc = f"MI {scorer_label} ← {cfg.models.compressor.model if cfg.models.compressor else '?'}"
+    with progress_bar(sum(len(g) ** 2 * m for g in groups), desc, quiet, leave) as bar:
+        return _mi_groups(cfg, scorer, scorer_label, compressor_identity, samples, comp, writer, groups, bar)
+
+
+def _mi_groups(cfg: RunConfig, scorer: Any, scorer_label: str, compressor_identity: Any, samples: list[Sample],
+               comp: CompressOutput, writer: Any, groups: list[list[int]], progress: Any) -> dict[str, Any]:
     mi = cfg.mi
     assert mi is not None
     m = mi.samples_per_context
     ident = scorer.identity()
     exact = ident == compressor_identity
     plain = mi.temperature == 1.0
-    groups = question_groups(cfg, samples)
     base = {"task": cfg.task.name, "compressor": cfg.models.compressor.model if cfg.models.compressor else None,
             "scorer": scorer_label, "scorer_identity": ident.key(), "mode": mi.mode, "samples_per_context": m,
             "knob_hash": compression_knob_hash(cfg),
@@ -59,8 +64,7 @@ def mi_stage(cfg: RunConfig, scorer: Any, scorer_label: str, compressor_identity
             row["error"] = f"compression missing or failed for {bad[0]}"
             errors.append(row["error"])
             writer.write("mi", row)
-            if progress is not None:
-                progress.update(len(g) ** 2 * m)
+            progress.update(len(g) ** 2 * m)
             continue
         gl = score_group(scorer, [samples[i] for i in g], comps, cfg.prompts.compressor, exact_ids=exact,
                          mode=mi.mode, progress=progress)

@@ -18,7 +18,7 @@ from harness.backends.registry import make_backend
 from harness.config import RunConfig
 from harness.pipeline.compress import CompKey, compress_stage
 from harness.pipeline.distortion import bpb_summary, score_continuations
-from harness.pipeline.mi_stage import mi_request_count, mi_stage
+from harness.pipeline.mi_stage import mi_stage
 from harness.pipeline.prompts import arm_input, arm_messages
 from harness.pipeline.record import Recorder
 from harness.pipeline.stages import Item, add_usage, fit_request, params_from, progress_bar, run_generation_stage
@@ -145,15 +145,13 @@ def run(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
             if g is None or g.error:
                 it.error, it.error_stage = (g.error if g else "no compression"), "compress"
         if cfg.mi is not None and "self" in cfg.mi.scorers:
-            with progress_bar(mi_request_count(cfg, samples), "MI self", quiet, leave=False) as bar:
-                mi_rows.append(mi_stage(cfg, comp_be, "self", comp_be.identity(), samples, comp, writer, bar))
+            mi_rows.append(mi_stage(cfg, comp_be, "self", comp_be.identity(), samples, comp, writer, quiet=quiet,
+                                    leave=False))
         comp_be.close()
         if cfg.mi is not None and "scorer" in cfg.mi.scorers:
             identities["scorer"] = asdict(sc_be.identity())
-            with progress_bar(mi_request_count(cfg, samples), f"MI {cfg.models.scorer.model}", quiet,
-                              leave=False) as bar:
-                mi_rows.append(mi_stage(cfg, sc_be, cfg.models.scorer.model, comp_be.identity(), samples, comp,
-                                        writer, bar))
+            mi_rows.append(mi_stage(cfg, sc_be, cfg.models.scorer.model, comp_be.identity(), samples, comp, writer,
+                                    quiet=quiet, leave=False))
             sc_be.close()
 
     # ---- stage 2: predict every arm (one model in memory) ----

@@ -29,7 +29,7 @@ from harness.config import ModelConfig, RunConfig, TaskConfig, parse_config
 from harness.cost import model_meta
 from harness.errors import UserError
 from harness.pipeline.compress import CompKey, CompressOutput, compression_knob_hash, sampling_params
-from harness.pipeline.mi_stage import mi_request_count, mi_stage
+from harness.pipeline.mi_stage import mi_stage
 from harness.pipeline.prompts import arm_input, arm_messages, render
 from harness.pipeline.record import store_mi_row
 from harness.pipeline.stages import Item, fit_request, params_from, progress_bar, run_generation_stage
@@ -380,10 +380,8 @@ class Sweep:
             return
         comp_ident = self._backend(rc.models.compressor, "sweep.compressors").identity()
         writer = _MIWriter(self.store, self.plan.run_id, rc.task.name, cmid, scorer_id, u.knob_hash)
-        samples = self.samples[u.task_key]
-        with progress_bar(mi_request_count(rc, samples), f"MI {label} ← {rc.models.compressor.model}",
-                          self.quiet) as bar:
-            mi_stage(rc, be, label, comp_ident, samples, self._comp_output(u, cmid), writer, bar)
+        mi_stage(rc, be, label, comp_ident, self.samples[u.task_key], self._comp_output(u, cmid), writer,
+                 quiet=self.quiet)
         self.counts["mi_estimates"] += 1
 
     # ---- stage 2: the common proxy scorer ----
