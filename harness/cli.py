@@ -26,6 +26,17 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def dtype_line(identities: dict[str, dict]) -> str:
+    """`# dtype: compressor float32, predictor float32 (HARNESS_DTYPE unset; CPU bf16 units: yes)`."""
+    import os
+
+    from harness.backends.transformers import DTYPE_ENV, cpu_has_fast_bf16
+
+    roles = ", ".join(f"{role} {ident.get('dtype')}" for role, ident in identities.items())
+    forced = os.environ.get(DTYPE_ENV) or "unset"
+    return f"# dtype: {roles or '-'} ({DTYPE_ENV} {forced}; CPU bf16 units: {'yes' if cpu_has_fast_bf16() else 'no'})"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.config import load_config
     from harness.pipeline.run import format_table, run
@@ -38,6 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"# {summary['name']}: task {summary['task']}, {summary['n_samples']} samples, "
         f"{summary['wall_seconds']:.0f} s, model loads {summary['model_loads']}, model calls {summary['model_calls']}"
     )
+    print(dtype_line(summary.get("identities", {})))
     print(format_table(summary))
     print(f"results: {cfg.output_dir()}")
     return 0

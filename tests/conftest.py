@@ -48,11 +48,24 @@ def offline_datasets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def smollm2():
-    """The smallest real instruct model through transformers (bf16), loaded once."""
+    """The smallest real instruct model through transformers, pinned to float32 (tests compare log-probs
+    across batch shapes and implementations, which bf16 rounding would blur), loaded once."""
     need_pack("smollm2-135m")
     from harness.backends.transformers import TransformersBackend
 
-    be = TransformersBackend("gguf", "smollm2-135m", batch_size=4)  # dtype auto
+    be = TransformersBackend("gguf", "smollm2-135m", dtype="float32", batch_size=4)
+    be._load()
+    yield be
+    be.close()
+
+
+@pytest.fixture(scope="session")
+def smollm2_bf16():
+    """The same model in bfloat16, for the tests of the bf16 path (emulated, slower, on AVX2-only CPUs)."""
+    need_pack("smollm2-135m")
+    from harness.backends.transformers import TransformersBackend
+
+    be = TransformersBackend("gguf", "smollm2-135m", dtype="bfloat16", batch_size=4)
     be._load()
     yield be
     be.close()

@@ -90,6 +90,28 @@ def resolve(backend: str, name: str, dtype: str, revision: str | None, field: st
     )
 
 
+def end_of_turn_id(tokenizer: Any) -> int | None:
+    """The token the chat template puts right after an assistant message (e.g. `<|im_end|>`).
+
+    This is what a chat reply ends on, which is not always `tokenizer.eos_token_id` (a base model's tokenizer
+    can name `<|endoftext|>` while its chat template ends turns on `<|im_end|>`). Without a chat template,
+    the tokenizer's EOS.
+    None when a template puts no special token after the reply.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return tokenizer.eos_token_id
+    marker = "Zq7Xv"
+    msgs = [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": marker}]
+    text = tokenizer.apply_chat_template(msgs, tokenize=False)
+    if marker not in text:
+        return None
+    after = tokenizer(text[text.rindex(marker) + len(marker) :], add_special_tokens=False)["input_ids"]
+    special = set(tokenizer.all_special_ids) | {
+        i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(t, "special", False)
+    }
+    return after[0] if after and after[0] in special else None
+
+
 def cpu_has_fast_bf16() -> bool:
     """True when the CPU has bf16 matrix instructions (AMX or AVX512-BF16).
 
@@ -103,13 +125,36 @@ def cpu_has_fast_bf16() -> bool:
     return any(f in flags.split() for f in ("amx_bf16", "avx512_bf16"))
 
 
+DTYPE_ENV = "HARNESS_DTYPE"
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def forced_dtype() -> str | None:
+    """The dtype `HARNESS_DTYPE` forces for every `dtype: auto` model, or None when unset."""
+    v = os.environ.get(DTYPE_ENV, "").strip()
+    if not v or v == "auto":
+        return None
+    if v not in DTYPES:
+        raise UserError(f"{DTYPE_ENV}={v!r} is not a dtype; set it to one of {', '.join(DTYPES)} (or unset it)")
+    return v
+
+
 def effective_dtype(dtype: str, device: str) -> str:
-    """Resolve `auto` to a concrete dtype, so the identity (and the cache key) names what runs."""
+    """Resolve `auto` to a concrete dtype, so the identity (and the cache key) names what runs.
+
+    `auto` is float32 on a CPU, whatever its bf16 units: bf16 log-probs differ from float32 ones by up to
+    0.57 nats per 7–9-token sentence on an AVX-512-BF16 CPU, so a bf16 default would make the default numbers
+    depend on the CPU. On a GPU `auto` is bfloat16. `HARNESS_DTYPE` overrides `auto` (to run the same config or
+    the test suite through each dtype path); an explicit dtype always wins.
+    """
     if dtype != "auto":
         return dtype
+    forced = forced_dtype()
+    if forced:
+        return forced
     if device.startswith("cuda") or (device == "auto" and _cuda_available()):
         return "bfloat16"
-    return "bfloat16" if cpu_has_fast_bf16() else "float32"
+    return "float32"
 
 
 def _cuda_available() -> bool:
@@ -198,6 +243,16 @@ class TransformersBackend:
         eos = gc_.eos_token_id if gc_.eos_token_id is not None else self.tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
         self.eos_ids.add(self.tokenizer.eos_token_id)
+        if self.end_of_turn_id is not None:  # a chat reply ends there even when generation_config omits it
+            self.eos_ids.add(self.end_of_turn_id)
+
+    @property
+    def end_of_turn_id(self) -> int | None:
+        """The token this model's chat template ends a reply with (what `append_eos` scores)."""
+        if not hasattr(self, "_eot"):
+            self._load_tokenizer()
+            self._eot = end_of_turn_id(self.tokenizer)
+        return self._eot
 
     def close(self) -> None:
         if self.model is not None:
@@ -318,20 +373,28 @@ class TransformersBackend:
         STATS["score_calls"] += 1
         STATS["score_requests"] += len(requests)
         items = []
-        for r in requests:
-            pre = self._prompt_ids([{"role": a, "content": c} for a, c in r.messages] or None, r.prefix)
-            cont = (
-                list(r.continuation_ids)
-                if r.continuation_ids is not None
-                else self.tokenizer(r.continuation, add_special_tokens=False)["input_ids"]
-                + ([self.tokenizer.eos_token_id] if r.append_eos else [])
-            )
-            items.append((pre, cont))
         out: list[ScoreResult | None] = [None] * len(requests)
+        eot = self.end_of_turn_id
+        for i, r in enumerate(requests):
+            pre = self._prompt_ids([{"role": a, "content": c} for a, c in r.messages] or None, r.prefix)
+            if r.continuation_ids is not None:
+                cont = list(r.continuation_ids)
+            else:
+                cont = self.tokenizer(r.continuation, add_special_tokens=False)["input_ids"]
+                if r.append_eos:
+                    if eot is None:
+                        out[i] = ScoreResult([], [], Usage(), error="the chat template puts no end-of-turn token "
+                                             "after a reply; score without append_eos")
+                    else:
+                        cont = [*cont, eot]
+            if not cont and out[i] is None:
+                out[i] = ScoreResult([], [], Usage(), error="empty continuation: there is nothing to score")
+            items.append((pre, cont))
         # continuations that share a prefix reuse its KV cache: the prefix is forwarded once
         by_prefix: dict[tuple[int, ...], list[int]] = {}
         for i, (pre, _) in enumerate(items):
-            by_prefix.setdefault(tuple(pre), []).append(i)
+            if out[i] is None:
+                by_prefix.setdefault(tuple(pre), []).append(i)
         singles = []
         for pre_t, idx in by_prefix.items():
             if len(idx) >= 2 and pre_t:
@@ -358,11 +421,7 @@ class TransformersBackend:
         pad = self.tokenizer.pad_token_id
         for s in range(0, len(order), bs):
             b = order[s : s + bs]
-            width = max(len(items[i][1]) for i in b)
-            if width == 0:
-                for i in b:
-                    out[i] = ScoreResult([], [], Usage(len(pre), 0, 0.0))
-                continue
+            width = max(len(items[i][1]) for i in b)  # every continuation has ≥ 1 token (checked in `score`)
             ids = torch.full((len(b), width), pad, dtype=torch.long)
             att = torch.zeros((len(b), len(pre) + width), dtype=torch.long)
             att[:, : len(pre)] = 1
@@ -381,9 +440,6 @@ class TransformersBackend:
             dt = (time.time() - t + t_pre * len(b) / len(idx)) / len(b)
             for r, i in enumerate(b):
                 c = items[i][1]
-                if not c:
-                    out[i] = ScoreResult([], [], Usage(len(pre), 0, dt))
-                    continue
                 vals = [float(first[c[0]])]
                 if len(c) > 1:
                     lp = torch.log_softmax(logits[r, : len(c) - 1].float(), -1)
@@ -411,9 +467,6 @@ class TransformersBackend:
             dt = (time.time() - t) / len(b)
             for r, i in enumerate(b):
                 pre, cont = items[i]
-                if not cont:
-                    out[i] = ScoreResult([], [], Usage(len(pre), 0, dt))
-                    continue
                 if not pre:
                     out[i] = ScoreResult(
                         cont, [], Usage(0, 0, 0.0), error="empty prefix: the first token has no context"
