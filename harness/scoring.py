@@ -63,15 +63,17 @@ def score_group(
     """
     n = len(samples)
     m = len(compressions[0])
-    q0 = samples[0].question
     tokens = np.array([[len(g.token_ids) or g.usage.completion_tokens for g in row] for row in compressions])
     reqs: list[ScoreRequest] = []
     prefixes = []
     for x in samples:
-        q = x.question if mode == "paper" else q0
-        msgs = tuple((d["role"], d["content"]) for d in render(prompt, question=q, context=x.context))
-        prefixes.append(msgs)
-        for row in compressions:
+        for i, row in enumerate(compressions):
+            # conditional: z_ij keeps the exact question it was generated for (q_i), only the context changes
+            # (a group's questions can differ in case or spacing: groups are keyed on the normalised text)
+            q = x.question if mode == "paper" else samples[i].question
+            msgs = tuple((d["role"], d["content"]) for d in render(prompt, question=q, context=x.context))
+            if msgs not in prefixes:
+                prefixes.append(msgs)
             for g in row:
                 if exact_ids:
                     reqs.append(ScoreRequest(messages=msgs, continuation_ids=tuple(g.token_ids)))

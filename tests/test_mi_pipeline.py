@@ -7,11 +7,13 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from harness.config import DEFAULT_PROMPTS, load_config
 from harness.mi import estimate_mi, exact_mi_bits
+from harness.pipeline.prompts import render
 from harness.pipeline.run import run
-from harness.records import Generation, GenParams, GenRequest, ScoreResult, Usage
+from harness.records import Generation, GenParams, GenRequest, ScoreRequest, ScoreResult, Usage
 from harness.scoring import candidate_logp, score_group
 from harness.tasks import load_task
 from tests.conftest import REPO, need_pack
@@ -141,3 +143,41 @@ def test_interrupted_mi_scoring_resumes_from_the_cache_context_by_context(smollm
     out = score_group(again, samples, comps, prompt, exact_ids=True, progress=_Bar())
     assert (first.misses, again.hits, again.misses) == (3, 3, 6)  # the first context is not scored again
     assert np.allclose(out.logp, full.logp, atol=1e-4)
+
+
+def test_each_compression_is_scored_with_its_own_question(smollm2):
+    """Hub groups key on the normalised question; a row's own-context term must use its exact question text."""
+    base = [s for s in load_task("synthetic-records", size=4, seed=0, options={"n_templates": 1})][:2]
+    import dataclasses
+
+    samples = [base[0], dataclasses.replace(base[1], question=base[1].question.upper())]
+    prompt = DEFAULT_PROMPTS["compressor"]
+    gens = smollm2.generate([GenRequest.chat(render(prompt, question=s.question, context=s.context),
+                                             GenParams(max_new_tokens=6)) for s in samples])
+    gl = score_group(smollm2, samples, [[g] for g in gens], prompt, exact_ids=True)
+    assert gl.error is None
+    for i, s in enumerate(samples):
+        for ll, x in enumerate(samples):
+            (direct,) = smollm2.score([ScoreRequest(
+                messages=tuple((d["role"], d["content"]) for d in render(prompt, question=s.question,
+                                                                          context=x.context)),
+                continuation_ids=tuple(gens[i].token_ids))])
+            assert gl.logp[i, 0, ll] == pytest.approx(direct.total, abs=1e-3)
+
+
+def test_mi_refuses_truncated_contexts(tmp_path):
+    """overflow: truncate generates from a cut context; MI would score under the full one, so it refuses."""
+    need_pack("smollm2-135m")
+    over = {
+        "task": {"size": 3, "options": {"n_templates": 1}},
+        "models": {"compressor": {"model": "gguf/smollm2-135m", "context_window": 160, "dtype": "float32"},
+                   "predictor": {"model": "gguf/smollm2-135m", "dtype": "float32"}},
+        "arms": ["compressed"], "overflow": "truncate",
+        "generation": {"compressor": {"max_new_tokens": 4}, "predictor": {"max_new_tokens": 2}},
+        "mi": {"samples_per_context": 1, "scorers": ["self"], "n_boot": 100, "min_contexts": 2},
+        "output": {"dir": str(tmp_path / "out"), "cache": None},
+    }
+    s = run(load_config(REPO / "configs" / "quickstart.yaml", over), quiet=True)
+    (mi,) = s["mi"]
+    assert mi["error"] and "truncated" in mi["error"] and "overflow: error" in mi["error"]
+    assert mi.get("bits") is None

@@ -59,9 +59,14 @@ def _mi_groups(cfg: RunConfig, scorer: Any, scorer_label: str, compressor_identi
         gid = samples[g[0]].group_id if mi.mode != "paper" else "all"
         comps = [[comp.results.get(CompKey(idx, "sample", j)) for j in range(m)] for idx in g]
         bad = [samples[g[a]].id for a, row in enumerate(comps) for c in row if c is None or c.error]
+        cut = [samples[idx].id for idx, row in zip(g, comps, strict=True)
+               if comp.truncated.get(idx) or any(c is not None and c.truncated_prompt for c in row)]
         row = {**base, "group_id": gid, "n_contexts": len(g)}
-        if bad:
-            row["error"] = f"compression missing or failed for {bad[0]}"
+        if bad or cut:
+            row["error"] = (f"compression missing or failed for {bad[0]}" if bad else
+                            f"the context of {cut[0]} was truncated to fit the compressor's window, so its "
+                            "compressions were not generated from the context MI scores them under; raise "
+                            "context_window, shorten the task's contexts, or set overflow: error")
             errors.append(row["error"])
             writer.write("mi", row)
             progress.update(len(g) ** 2 * m)
