@@ -8,6 +8,8 @@ compression only (EOS included where the compressor emitted it).
 - Scorer = the compressor (same identity): the exact token ids of z are scored.
 - Scorer = a proxy: z's text is tokenised by the proxy, plus the proxy's end-of-turn token
   when the compressor stopped on EOS; results say `tokenization: "proxy"`.
+- Scorer = the compressor but a compression without token ids (an `openai/` compressor): its text is
+  scored the same way, `tokenization: "text"`; never an empty id span.
 - mode "conditional" (default) holds the question fixed and swaps only the context,
   p(z | x_l, q_i): an estimate of I(X;Z|Q). mode "paper" scores each x_l with its own
   question q_l, as He et al.'s released code does (the marginal then runs over contexts
@@ -39,7 +41,7 @@ class GroupLogp:
     sample_ids: list[str]
     logp: np.ndarray | None
     tokens: np.ndarray  # (N, M) compression lengths in compressor tokens (EOS counted)
-    tokenization: str  # "exact-ids" or "proxy"
+    tokenization: str  # "exact-ids", "proxy", or "text" (the compressor scoring its own text: it gave no ids)
     error: str | None = None
     forwarded_tokens: int = 0
     lower_bound_tokens: int = 0
@@ -64,6 +66,11 @@ def score_group(
     n = len(samples)
     m = len(compressions[0])
     tokens = np.array([[len(g.token_ids) or g.usage.completion_tokens for g in row] for row in compressions])
+    # exact ids only when every compression has them (an openai/ compressor returns none): else the text is scored
+    if exact_ids and not all(g.token_ids for row in compressions for g in row):
+        exact_ids, tokenization = False, "text"
+    else:
+        tokenization = "exact-ids" if exact_ids else "proxy"
     reqs: list[ScoreRequest] = []
     prefixes = []
     for x in samples:
@@ -98,8 +105,7 @@ def score_group(
                 r = results[k]
                 k += 1
                 if r.error is not None:
-                    return GroupLogp(samples[0].group_id, [s.id for s in samples], None, tokens,
-                                     "exact-ids" if exact_ids else "proxy",
+                    return GroupLogp(samples[0].group_id, [s.id for s in samples], None, tokens, tokenization,
                                      error=f"scoring z[{i},{j}] under x[{ll}] failed: {r.error}")
                 logp[i, j, ll] = r.total
                 z_len[i, j] = len(r.logprobs)
@@ -114,7 +120,7 @@ def score_group(
             prefix_tokens += c or 0
     lower = prefix_tokens + n * int(z_len.sum())
     return GroupLogp(samples[0].group_id, [s.id for s in samples], logp, tokens,
-                     "exact-ids" if exact_ids else "proxy", forwarded_tokens=forwarded, lower_bound_tokens=lower)
+                     tokenization, forwarded_tokens=forwarded, lower_bound_tokens=lower)
 
 
 def reply_request(messages: list[Message] | tuple[tuple[str, str], ...], reply: str, *,

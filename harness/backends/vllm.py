@@ -19,6 +19,22 @@ from harness.errors import UserError
 from harness.records import Generation, GenRequest, ModelIdentity, ScoreRequest, ScoreResult, Usage
 
 
+def continuation_ids(tok: Any, r: ScoreRequest, eot: int | None) -> tuple[list[int], str | None]:
+    """The token ids `r` scores, or an error: its exact ids, else its text's ids, then the end-of-turn token `eot`
+    (`end_of_turn_id(tok)`) when `append_eos`. A span of zero tokens is an error, never 0 nats."""
+    if r.continuation_ids is not None:
+        ids = list(r.continuation_ids)
+    else:
+        ids = tok(r.continuation, add_special_tokens=False)["input_ids"]
+        if r.append_eos:
+            if eot is None:
+                return [], "the chat template puts no end-of-turn token after a reply; score without append_eos"
+            ids = [*ids, eot]
+    if not ids:
+        return [], "empty continuation: a scored span of zero tokens is an error, never 0 nats"
+    return ids, None
+
+
 class VLLMBackend:
     def __init__(
         self,
@@ -138,22 +154,26 @@ class VLLMBackend:
         self._load()
         STATS["score_calls"] += 1
         STATS["score_requests"] += len(requests)
-        items = []
+        from harness.backends.transformers import end_of_turn_id
+
+        if not hasattr(self, "_eot"):
+            self._eot = end_of_turn_id(self.tok)
+        items, res = [], []
         for r in requests:
             pre = self._prompt_ids([{"role": a, "content": c} for a, c in r.messages] or None, r.prefix)
-            cont = (
-                list(r.continuation_ids)
-                if r.continuation_ids is not None
-                else self.tok(r.continuation, add_special_tokens=False)["input_ids"]
-            )
+            cont, err = continuation_ids(self.tok, r, self._eot)
             items.append((pre, cont))
+            res.append(ScoreResult([], [], Usage(), error=err) if err else None)
+        todo = [i for i, x in enumerate(res) if x is None]
         sp = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
         t = time.time()
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p + c) for p, c in items], sp, use_tqdm=False)
-        dt = (time.time() - t) / max(len(requests), 1)
-        res = []
-        for (pre, cont), o in zip(items, outs, strict=True):
+        outs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=items[i][0] + items[i][1]) for i in todo], sp, use_tqdm=False
+        ) if todo else []
+        dt = (time.time() - t) / max(len(todo), 1)
+        for i, o in zip(todo, outs, strict=True):
+            pre, cont = items[i]
             plp = o.prompt_logprobs
             vals = [float(plp[len(pre) + k][tok].logprob) for k, tok in enumerate(cont)]
-            res.append(ScoreResult(cont, vals, Usage(len(pre) + len(cont), 0, dt)))
-        return res
+            res[i] = ScoreResult(cont, vals, Usage(len(pre) + len(cont), 0, dt))
+        return res  # type: ignore[return-value]
