@@ -14,6 +14,14 @@ is an *unbiased* Monte Carlo estimate of the MI with X uniform over the drawn se
 estimate of the population MI (contexts i.i.d. from the task distribution), it is the InfoNCE-style lower bound:
 biased downward and never above log2 N. A saturated estimate (terms at log2 N) therefore means "at least this much".
 
+Two intervals answer two questions. The *Monte Carlo* interval (`mc_se_bits`, `mc_ci`) holds the contexts fixed:
+given them, every term ln p(z_ij|x_i)/p̄(z_ij) is a function of one independent draw z_ij, so the estimate's only
+randomness is the M draws per context, and its variance is (1/N²) Σ_i σ_i²/M with σ_i² estimated by the variance
+of the terms across j (M >= 2 needed). That interval is the one that tells two compressors apart on the same
+contexts (see `paired_mi_difference`). The *population* interval (`ci`, also `population_ci`) resamples contexts
+(two-stage for groups): it also covers how the MI would differ on other contexts from the task, and is usually far
+wider.
+
 Also contains the information-bottleneck terms of Zhu et al. (ACL 2024) and an exact discrete-channel MI used for
 validation. Only numpy/scipy/stdlib; nothing here knows about models. Inputs are in nats, outputs in bits.
 """
@@ -32,6 +40,7 @@ from scipy.special import logsumexp
 __all__ = [
     "GroupedMIEstimate",
     "MIEstimate",
+    "PairedMIDifference",
     "bits_per_token",
     "conciseness_bits",
     "correctness_bits",
@@ -39,6 +48,8 @@ __all__ = [
     "estimate_mi_groups",
     "exact_mi_bits",
     "ib_score",
+    "mc_standard_error",
+    "paired_mi_difference",
 ]
 
 LN2 = math.log(2.0)
@@ -53,12 +64,23 @@ def _json_float(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _opt_float(x: float | None) -> float | None:
+    return None if x is None else _json_float(x)
+
+
+def _opt_pair(x: tuple[float, float] | None) -> list[float | None] | None:
+    return None if x is None else [_json_float(x[0]), _json_float(x[1])]
+
+
 @dataclass(frozen=True)
 class MIEstimate:
     """I(X; Z | q) for one question, in bits.
 
     bits: point estimate (mean pointwise term); never above log2_n.
-    ci: 95% percentile bootstrap interval over contexts (rows), see `estimate_mi`.
+    ci: the population interval: 95% percentile bootstrap over contexts (rows), see `estimate_mi`; also
+        `population_ci`.
+    mc_se_bits, mc_ci: Monte Carlo standard error and 95% interval of the drawn-set MI given these contexts (only
+        the M draws per context vary; see `mc_standard_error`); None when M = 1 (not estimable).
     pointwise_bits: (N, M) terms ln[p(z_ij|x_i) / p̂(z_ij)] / ln 2.
     upper_bits: leave-one-out estimate (marginal over l != i); +inf when some z has zero probability under every
         other context. It is an upper bound on the population MI only when `upper_is_bound`.
@@ -75,12 +97,36 @@ class MIEstimate:
     n_contexts: int
     n_samples: int
     log2_n: float
+    mc_se_bits: float | None = None
+    mc_ci: tuple[float, float] | None = None
+
+    @property
+    def population_ci(self) -> tuple[float, float]:
+        """The bootstrap interval over contexts (`ci`)."""
+        return self.ci
+
+    @property
+    def context_bits(self) -> np.ndarray:
+        """(N,) per-context terms: mean over the M draws of each context's pointwise terms."""
+        return np.asarray(self.pointwise_bits, dtype=float).mean(axis=1)
+
+    @property
+    def context_var_bits(self) -> np.ndarray:
+        """(N,) variance (ddof 1) of each context's pointwise terms across its M draws; NaN when M = 1."""
+        pw = np.asarray(self.pointwise_bits, dtype=float)
+        return pw.var(axis=1, ddof=1) if pw.shape[1] > 1 else np.full(pw.shape[0], np.nan)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly dict (plain floats/lists; a non-finite `upper_bits` becomes None, meaning +inf)."""
+        """JSON-friendly dict (plain floats/lists; a non-finite `upper_bits` becomes None, meaning +inf).
+
+        "ci" and "population_ci" are the same interval (resampling contexts); "mc_ci" is the Monte Carlo one.
+        """
         return {
             "bits": float(self.bits),
             "ci": [float(self.ci[0]), float(self.ci[1])],
+            "population_ci": [float(self.ci[0]), float(self.ci[1])],
+            "mc_se_bits": _opt_float(self.mc_se_bits),
+            "mc_ci": _opt_pair(self.mc_ci),
             "pointwise_bits": np.asarray(self.pointwise_bits, dtype=float).tolist(),
             "upper_bits": _json_float(self.upper_bits),
             "upper_is_bound": bool(self.upper_is_bound),
@@ -97,7 +143,10 @@ class GroupedMIEstimate:
 
     weights: per-group weights N_g·M_g (the number of pointwise terms), normalised to sum to 1, so `bits` equals
         the mean of all pointwise terms pooled across groups.
-    ci: 95% two-stage bootstrap interval (groups, then contexts within each resampled group).
+    ci: the population interval: 95% two-stage bootstrap (groups, then contexts within each resampled group);
+        also `population_ci`.
+    mc_se_bits, mc_ci: Monte Carlo standard error sqrt(Σ_g w_g² se_g²) and 95% interval given these contexts;
+        None when some group has M = 1.
     upper_bits, saturated_fraction: the same weighting applied to the per-group values.
     """
 
@@ -110,6 +159,13 @@ class GroupedMIEstimate:
     saturated_fraction: float
     n_groups: int
     n_terms: int
+    mc_se_bits: float | None = None
+    mc_ci: tuple[float, float] | None = None
+
+    @property
+    def population_ci(self) -> tuple[float, float]:
+        """The two-stage bootstrap interval (`ci`)."""
+        return self.ci
 
     def to_dict(self, *, include_pointwise: bool = False) -> dict[str, Any]:
         """JSON-friendly dict; per-group pointwise arrays are dropped unless `include_pointwise`."""
@@ -122,6 +178,9 @@ class GroupedMIEstimate:
         return {
             "bits": float(self.bits),
             "ci": [float(self.ci[0]), float(self.ci[1])],
+            "population_ci": [float(self.ci[0]), float(self.ci[1])],
+            "mc_se_bits": _opt_float(self.mc_se_bits),
+            "mc_ci": _opt_pair(self.mc_ci),
             "per_group": groups,
             "weights": [float(w) for w in self.weights],
             "upper_bits": _json_float(self.upper_bits),
@@ -214,6 +273,35 @@ def _row_bootstrap(row_means: np.ndarray, n_boot: int, rng: np.random.Generator)
     return row_means[idx].mean(axis=1)
 
 
+def mc_standard_error(pointwise_bits: np.ndarray) -> float | None:
+    """Monte Carlo standard error of mean(pointwise_bits) with the contexts held fixed; None when M < 2.
+
+    Given the N contexts, term (i, j) is a function of the single draw z_ij ~ p(z | x_i) (the marginal is the exact
+    mixture over the fixed contexts), so the terms are independent and Var(Î) = (1/N²) Σ_i σ_i² / M, with σ_i²
+    estimated by the variance (ddof 1) of row i's terms. With M = 1 there is no within-context variance (the
+    variance across contexts would mix in the spread of the per-context MI, which does not shrink as draws are
+    added), so the MC error is reported as not estimable. A context whose M draws all gave the same term (e.g.
+    saturated) contributes 0, so with very peaked channels and small M the MC error is an underestimate.
+    """
+    pw = np.asarray(pointwise_bits, dtype=np.float64)
+    if pw.ndim != 2 or pw.shape[0] < 1:
+        raise ValueError(f"pointwise_bits must be (N, M); got shape {pw.shape}")
+    n, m = pw.shape
+    if m < 2:
+        return None
+    return float(math.sqrt(pw.var(axis=1, ddof=1).sum() / m) / n)
+
+
+def _mc_interval(bits: float, se: float | None, df: float, log2_n: float | None) -> tuple[float, float] | None:
+    """bits ± t_{df, 97.5%} · se (normal when df is inf), the upper end clipped to log2_n when given."""
+    if se is None or not math.isfinite(se):
+        return None
+    level = 0.5 + _CI_LEVEL / 2.0
+    q = float(stats.norm.ppf(level)) if math.isinf(df) else float(stats.t.ppf(level, df))
+    hi = bits + q * se
+    return float(bits - q * se), float(hi if log2_n is None else min(hi, log2_n))
+
+
 def estimate_mi(
     logp: np.ndarray,
     *,
@@ -235,6 +323,10 @@ def estimate_mi(
     variance (plus the between-context spread of the per-context KL terms). Recomputing the marginal on each
     resample lets duplicated contexts inflate their own marginal, which biases the replicates downward: in the
     validation channel it covered the drawn-set MI in only 55-94% of 200 seeds (fixed marginal: 92-95%).
+    This bootstrap interval (`ci`, `population_ci`) is the *population* interval: it counts the spread of the
+    per-context terms, so it cannot tell two compressors apart on the same contexts; `mc_se_bits` / `mc_ci` (see
+    `mc_standard_error`; t interval with N(M−1) degrees of freedom) are the Monte Carlo error of the drawn-set MI
+    given these contexts, which can (`paired_mi_difference`).
     The interval is Hesterberg's *expanded* percentile interval (see `_expanded_tail`), because the plain
     percentile interval is too narrow with few contexts (89% at N=8, 92-95% at N=16). Measured coverage of the
     drawn-set MI (tests/test_mi.py channel, >= 1000 seeds each): 94-97% for N in {8, 16, 32}, M in {1, 4, 8}; it
@@ -264,6 +356,7 @@ def estimate_mi(
     upper_bits = math.inf if np.isposinf(up).any() else float(up.mean())
 
     saturated = float(np.mean(pw >= log2_n - saturation_tol_bits))
+    mc_se = mc_standard_error(pw)
     return MIEstimate(
         bits=bits,
         ci=(lo, hi),
@@ -274,6 +367,8 @@ def estimate_mi(
         n_contexts=n,
         n_samples=m,
         log2_n=log2_n,
+        mc_se_bits=mc_se,
+        mc_ci=_mc_interval(bits, mc_se, n * (m - 1), log2_n),
     )
 
 
@@ -295,6 +390,8 @@ def estimate_mi_groups(
     single group it is that group's interval). Resampling groups treats the questions as a sample from a
     population of questions, so for the fixed set of questions the interval is conservative (97.5-100% coverage
     of the weighted drawn-set MI over 200 seeds in the tests' channel). Groups may differ in N and M.
+    The Monte Carlo error given the contexts is sqrt(Σ_g w_g² se_g²) (groups' draws are independent), None when
+    some group has M = 1; `mc_ci` is its t interval with Σ_g N_g(M_g − 1) degrees of freedom.
     """
     if len(groups) == 0:
         raise ValueError("estimate_mi_groups needs at least one group")
@@ -329,6 +426,9 @@ def estimate_mi_groups(
         rng = np.random.default_rng(group_ss[-1])
         reps = _two_stage_bootstrap([e.pointwise_bits.mean(axis=1) for e in per_group], n_terms_g, n_boot, rng)
         lo, hi = _percentile_ci(reps)
+    ses = [e.mc_se_bits for e in per_group]
+    mc_se = None if any(x is None for x in ses) else float(math.sqrt(np.dot(w**2, np.square(ses))))
+    df = sum(e.n_contexts * (e.n_samples - 1) for e in per_group)
     return GroupedMIEstimate(
         bits=bits,
         ci=(lo, hi),
@@ -339,6 +439,8 @@ def estimate_mi_groups(
         saturated_fraction=saturated,
         n_groups=len(per_group),
         n_terms=int(n_terms_g.sum()),
+        mc_se_bits=mc_se,
+        mc_ci=_mc_interval(bits, mc_se, df, max(e.log2_n for e in per_group)),
     )
 
 
@@ -358,6 +460,101 @@ def _two_stage_bootstrap(
         np.add.at(num, rep_idx, weights[g] * rm[rows].mean(axis=1))
         np.add.at(den, rep_idx, weights[g])
     return num / den
+
+
+@dataclass(frozen=True)
+class PairedMIDifference:
+    """MI of compressor A minus MI of compressor B over the contexts both were scored on (same scorer), in bits.
+
+    bits_a, bits_b: means of the per-context terms over the shared contexts; diff_bits = bits_a − bits_b.
+    mc_se_bits, mc_ci, mc_p: the Monte Carlo error of the difference given these contexts (A's and B's draws
+        independent), its 95% normal interval and two-sided p for "A and B carry the same information about these
+        contexts"; None when a side has no within-context variances (M = 1).
+    population_ci, t_p, wilcoxon_p: paired over contexts (bootstrap of the mean difference, expanded percentile;
+        paired t; Wilcoxon signed-rank), for "the same on the task's contexts"; None with fewer than 2 contexts.
+    """
+
+    n_contexts: int
+    bits_a: float
+    bits_b: float
+    diff_bits: float
+    mc_se_bits: float | None
+    mc_ci: tuple[float, float] | None
+    mc_p: float | None
+    population_ci: tuple[float, float] | None
+    t_p: float | None
+    wilcoxon_p: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict."""
+        return {
+            "n_contexts": int(self.n_contexts), "bits_a": float(self.bits_a), "bits_b": float(self.bits_b),
+            "diff_bits": float(self.diff_bits), "mc_se_bits": _opt_float(self.mc_se_bits),
+            "mc_ci": _opt_pair(self.mc_ci), "mc_p": _opt_float(self.mc_p),
+            "population_ci": _opt_pair(self.population_ci), "t_p": _opt_float(self.t_p),
+            "wilcoxon_p": _opt_float(self.wilcoxon_p),
+        }
+
+
+def _per_context(x: Any, n: int, name: str) -> np.ndarray:
+    """`x` (a number or n values) as an (n,) float array."""
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim > 1 or (a.ndim == 1 and a.size != n):
+        raise ValueError(f"{name} must be a number or {n} values; got shape {a.shape}")
+    return np.array(np.broadcast_to(a, (n,)))
+
+
+def paired_mi_difference(
+    a_bits: Sequence[float] | np.ndarray,
+    b_bits: Sequence[float] | np.ndarray,
+    *,
+    a_var: Sequence[float] | np.ndarray | None = None,
+    b_var: Sequence[float] | np.ndarray | None = None,
+    m_a: int | Sequence[int] | np.ndarray | None = None,
+    m_b: int | Sequence[int] | np.ndarray | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> PairedMIDifference:
+    """Compare two compressors' MI on the same contexts from their per-context terms (aligned arrays, bits).
+
+    a_bits[i], b_bits[i]: context i's term (`MIEstimate.context_bits`) under A and B, scored by one scorer.
+    a_var, b_var: each context's variance of pointwise terms across its draws (`context_var_bits`, ddof 1) and
+    m_a, m_b the draws per context (a number or one per context): with them the Monte Carlo variance of the
+    difference is Σ_i (a_var_i / m_a_i + b_var_i / m_b_i) / n², which assumes A's and B's compressions were drawn
+    independently (two compressors, or one with different knobs). A NaN variance (M = 1) makes the MC part None.
+    """
+    a = np.asarray(a_bits, dtype=np.float64).ravel()
+    b = np.asarray(b_bits, dtype=np.float64).ravel()
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"a_bits and b_bits must be non-empty and aligned; got {a.shape} and {b.shape}")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        raise ValueError("per-context terms must be finite")
+    n = a.size
+    d = a - b
+    diff = float(d.mean())
+    mc_se = mc_ci = mc_p = None
+    if a_var is not None and b_var is not None and m_a is not None and m_b is not None:
+        va = _per_context(a_var, n, "a_var") / _per_context(m_a, n, "m_a")
+        vb = _per_context(b_var, n, "b_var") / _per_context(m_b, n, "m_b")
+        v = float(np.sum(va + vb)) / n**2
+        if math.isfinite(v):
+            mc_se = math.sqrt(max(v, 0.0))
+            mc_ci = _mc_interval(diff, mc_se, math.inf, None)
+            mc_p = float(2.0 * stats.norm.sf(abs(diff) / mc_se)) if mc_se > 0 else float(diff == 0.0)
+    pop_ci = t_p = w_p = None
+    if n >= 2:
+        rng = np.random.default_rng(seed)
+        pop_ci = _percentile_ci(_row_bootstrap(d, n_boot, rng), n_units=n)
+        if float(d.std()) > 0:
+            t_p = float(stats.ttest_1samp(d, 0.0).pvalue)
+        if np.any(d != 0):
+            w_p = float(stats.wilcoxon(d).pvalue)
+        else:
+            w_p = 1.0
+    return PairedMIDifference(
+        n_contexts=n, bits_a=float(a.mean()), bits_b=float(b.mean()), diff_bits=diff, mc_se_bits=mc_se,
+        mc_ci=mc_ci, mc_p=mc_p, population_ci=pop_ci, t_p=t_p, wilcoxon_p=w_p,
+    )
 
 
 def exact_mi_bits(p_z_given_x: np.ndarray, p_x: np.ndarray | None = None) -> float:
