@@ -21,7 +21,7 @@ from typing import Any
 from harness.errors import UserError
 from harness.records import Generation, ModelIdentity, Sample, Usage
 from harness.store.db import Db, parse_url
-from harness.store.redact import redact, redact_url
+from harness.store.redact import redact, redact_text, redact_url
 from harness.store.schema import (
     CALL_KINDS,
     CELL_STATUSES,
@@ -346,7 +346,7 @@ class Store:
         outer = not self._db.in_transaction
         key = {
             "backend": identity.backend,
-            "name": identity.name,
+            "name": redact_url(identity.name),  # defensive: backends' identities carry no URL credentials
             "revision": identity.revision,
             "dtype": identity.dtype,
             "chat_template_hash": identity.chat_template_hash,
@@ -489,7 +489,7 @@ class Store:
             "truncated": bool(truncated),
             "finish_reason": finish_reason,
             "params_json": _json(dict(params)) if params is not None else None,
-            "error": error,
+            "error": redact_text(error),  # defensive: backends already hide keys in error text
             "created_at": now(),
         }
         with self._db.transaction():
@@ -562,7 +562,7 @@ class Store:
             "n_tokens": _int(n_tokens),
             "finish_reason": finish_reason,
             "truncated": bool(truncated),
-            "error": error,
+            "error": redact_text(error),  # defensive: backends already hide keys in error text
             "created_at": now(),
         }
         with self._db.transaction():
@@ -714,7 +714,7 @@ class Store:
             "saturated_fraction": _float(saturated_fraction),
             "bits_per_token": _float(bits_per_token),
             "mean_tokens": _float(mean_tokens),
-            "error": error,
+            "error": redact_text(error),  # defensive: backends already hide keys in error text
             "detail_json": _json(dict(detail)) if detail is not None else None,
             "created_at": now(),
         }
@@ -732,6 +732,7 @@ class Store:
         sample_id: str = "",
     ) -> int:
         """Record an error (stage: "compress", "predict", "score", "mi", …); the same error twice is one row."""
+        message = redact_text(message) or ""
         key = {
             "run_id": run_id,
             "stage": stage,
