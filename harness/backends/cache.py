@@ -35,6 +35,15 @@ CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
 """
 
 
+#: finish reasons of answers that are not the model's reply: never cached, even from a backend that sets no error
+UNCACHEABLE_FINISH = frozenset({"content_filter", "error"})
+
+
+def cacheable(result: Generation | ScoreResult) -> bool:
+    """Only successful calls are cached: no error, and no filtered or failed finish."""
+    return result.error is None and getattr(result, "finish_reason", "") not in UNCACHEABLE_FINISH
+
+
 def cache_key(kind: str, identity: ModelIdentity, request: dict[str, Any]) -> str:
     return stable_hash({"kind": kind, "identity": identity.key(), "request": request})
 
@@ -91,8 +100,8 @@ class CachedBackend:
         todo = []
         for i, k in enumerate(keys):
             hit = self.cache.get(k)
-            if hit is not None:
-                g = Generation.from_json(hit)
+            g = Generation.from_json(hit) if hit is not None else None
+            if g is not None and cacheable(g):  # an entry an older harness stored from a filtered reply is a miss
                 g.usage.cached = True
                 out[i] = g
                 self.hits += 1
@@ -102,7 +111,7 @@ class CachedBackend:
             self.misses += len(todo)
             fresh = self.inner.generate([requests[i] for i in todo])
             for i, g in zip(todo, fresh, strict=True):
-                if g.error is None:
+                if cacheable(g):
                     self.cache.put(keys[i], "generate", ident, requests[i].to_json(), g.to_json())
                 out[i] = g
         return out  # type: ignore[return-value]
@@ -125,7 +134,7 @@ class CachedBackend:
             self.misses += len(todo)
             fresh = self.inner.score([requests[i] for i in todo])
             for i, s in zip(todo, fresh, strict=True):
-                if s.error is None:
+                if cacheable(s):
                     self.cache.put(keys[i], "score", ident, requests[i].to_json(), s.to_json())
                 out[i] = s
         return out  # type: ignore[return-value]

@@ -9,16 +9,20 @@ models whose prompt has no BOS token).
 
 from __future__ import annotations
 
+import email.utils
+import json
 import os
 import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from harness.backends.base import STATS
-from harness.errors import UserError
+from harness.errors import ModelCallError, UserError
 from harness.records import Generation, GenRequest, ModelIdentity, ScoreRequest, ScoreResult, Usage
+from harness.store.redact import redact_text, redact_url, register_secret
 
 CHECK_PROMPT = "The history of the printing press begins in the fifteenth century, when"
 CHECK_TOKENS = 32
@@ -29,12 +33,116 @@ class ScoringRefused(UserError):
     """The server's prompt log-probs failed the reference check; it is not used as a scorer."""
 
 
-def _retryable(e: Exception) -> bool:
-    import openai
+#: longest server-requested wait (Retry-After) honoured; the openai client does not retry past it either
+MAX_RETRY_AFTER_S = 120.0
+_stats_lock = threading.Lock()
 
-    if isinstance(e, (openai.RateLimitError, openai.APITimeoutError, openai.APIConnectionError)):
-        return True
-    return isinstance(e, openai.APIStatusError) and e.status_code >= 500
+
+class BadResponse(Exception):
+    """A 200 answer that is not a usable completion: not JSON, cut short, HTML, an `{"error": ...}` object, no
+    choices, no content. Retried with backoff; an error row when retries run out, never a score or a cache entry."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Refused(Exception):
+    """The server declined to answer (content filter, refusal): an error row with its own reason, not retried."""
+
+
+def _count_retry(n: int = 1) -> None:
+    with _stats_lock:
+        STATS["retries"] += n
+
+
+def _retryable(e: Exception) -> bool:
+    """Whether `_call` retries `e` itself: only 200 answers with a bad body. The openai client retries the HTTP
+    failures (408/409/429/5xx, timeouts, refused connections) before `_call` sees them."""
+    return isinstance(e, BadResponse)
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delay in seconds, or an HTTP date); None when absent, invalid,
+    negative or longer than MAX_RETRY_AFTER_S."""
+    if not value:
+        return None
+    try:
+        s = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value).timestamp()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        s = when - (time.time() if now is None else now)
+    return s if 0 <= s <= MAX_RETRY_AFTER_S else None
+
+
+def _snippet(text: str, n: int = 120) -> str:
+    return " ".join(text.split())[:n]
+
+
+def _checked(raw: Any) -> Any:
+    """The parsed response of a raw 200 answer, after checking that its body is a completion.
+
+    Raises BadResponse (retryable) for a body that is not JSON, truncated, an error object or has no choices or no
+    content, and Refused for a content filter or a refusal.
+    """
+    http = raw.http_response
+    ctype = http.headers.get("content-type", "") or "no content type"
+    ra = retry_after_seconds(http.headers.get("retry-after"))
+    text = http.text
+    try:
+        data = json.loads(text)
+    except ValueError:
+        kind = "an HTML page" if "html" in ctype or text.lstrip().startswith("<") else f"malformed JSON ({ctype})"
+        raise BadResponse(f"HTTP {http.status_code} with {kind}, {len(text)} bytes: {_snippet(text)!r}", ra) from None
+    if not isinstance(data, dict):
+        raise BadResponse(f"HTTP {http.status_code} with a JSON {type(data).__name__}, not a completion object", ra)
+    if not data.get("choices"):
+        err = data.get("error")
+        if err:
+            msg = err.get("message", err) if isinstance(err, dict) else err
+            raise BadResponse(f"HTTP {http.status_code} with an error body: {_snippet(str(msg), 300)}", ra)
+        raise BadResponse(f"HTTP {http.status_code} with no choices", ra)
+    ch = data["choices"][0] if isinstance(data["choices"], list) else None
+    if not isinstance(ch, dict):
+        raise BadResponse(f"HTTP {http.status_code} with a malformed choice", ra)
+    finish = ch.get("finish_reason")
+    msg = ch.get("message") if isinstance(ch.get("message"), dict) else None
+    content = msg.get("content") if msg is not None else ch.get("text")
+    if finish == "content_filter":
+        raise Refused("content_filter: the server withheld the reply (finish_reason content_filter)")
+    if msg is not None and msg.get("refusal"):
+        raise Refused(f"refusal: {_snippet(str(msg['refusal']), 300)}")
+    if content is None:
+        raise BadResponse(f"HTTP {http.status_code} with no content in the reply (finish_reason {finish})", ra)
+    return raw.parse()
+
+
+def _split_query(url: str | None) -> tuple[str | None, dict[str, str]]:
+    """(base URL without its query, the query as a dict): the client appends paths, so the query travels apart."""
+    if not url or "?" not in url:
+        return url, {}
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(query="")), dict(parse_qsl(parts.query, keep_blank_values=True))
+
+
+def _url_secrets(url: str | None) -> list[str]:
+    """The credentials inside a URL (user-info and secret-named query values), to hide wherever they turn up."""
+    if not url:
+        return []
+    from harness.store.redact import is_secret_key
+
+    parts = urlsplit(url)
+    # the user of a user:password pair is a name (kept, as redact_url keeps it); a bare user (token@) is a secret
+    out = [parts.password] if parts.password else [parts.username] if parts.username else []
+    return out + [v for k, v in parse_qsl(parts.query) if is_secret_key(k)]
+
+
+def _on_request(request: Any) -> None:
+    if request.headers.get("x-stainless-retry-count", "0") not in ("", "0"):
+        _count_retry()
 
 
 class OpenAIBackend:
@@ -64,6 +172,10 @@ class OpenAIBackend:
             key = os.environ.get(api_key_env, "")
             if not key:
                 raise UserError(f"{field}: environment variable {api_key_env} (api_key_env) is not set; export it")
+        # the key and any URL credentials are hidden wherever they turn up (error text, stored rows, logs)
+        self._secrets = ([key] if api_key_env else []) + _url_secrets(base_url)
+        for s in self._secrets:
+            register_secret(s)
         self.name = name
         self.base_url = base_url
         self.api = api
@@ -74,15 +186,21 @@ class OpenAIBackend:
         self.tokenizer = tokenizer  # optional local TransformersBackend used only for its tokenizer/template
         self._context_window = context_window
         self.backoff_s = backoff_s
-        self.client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=timeout_s)
+        # the client retries 408/409/429/5xx, timeouts and refused connections, honouring Retry-After; an event
+        # hook counts its retries (each retried request carries x-stainless-retry-count > 0)
+        url, query = _split_query(base_url)
+        self.client = openai.OpenAI(
+            base_url=url, api_key=key, max_retries=max_retries, timeout=timeout_s, default_query=query or None,
+            http_client=openai.DefaultHttpxClient(event_hooks={"request": [_on_request]}),
+        )
         self._check: dict[str, Any] | None = None
         self._check_lock = threading.Lock()
 
     def identity(self) -> ModelIdentity:
+        """The server (its URL without credentials: a rotated key keeps the identity) and the model name."""
         tmpl = self.tokenizer.identity().chat_template_hash if self.tokenizer else "server"
-        return ModelIdentity(
-            "openai", f"{self.base_url or 'default'}|{self.name}", self.revision or "unversioned", "server", tmpl
-        )
+        url = redact_url(self.base_url) or "default"
+        return ModelIdentity("openai", f"{url}|{self.name}", self.revision or "unversioned", "server", tmpl)
 
     @property
     def context_window(self) -> int | None:
@@ -103,18 +221,35 @@ class OpenAIBackend:
         self.client.close()
 
     # ---- calls with retries ----
-    def _call(self, fn, **kw) -> Any:
+    def _call(self, fn: Any, **kw: Any) -> Any:
+        """`fn(**kw)` (a bound `create` of this client), returning the parsed and checked response.
+
+        HTTP failures are retried by the openai client itself (408/409/429/5xx, timeouts, refused connections;
+        Retry-After honoured in seconds or as an HTTP date up to 120 s, a longer one fails the call). A 200 whose
+        body is not a completion (`_checked`) is retried here with backoff (or its Retry-After), at most
+        `max_retries` times. Every retry counts in STATS["retries"]. A call that still fails raises Refused or
+        ModelCallError, whose one-line message has keys and URL credentials hidden (a server may echo them).
+        """
+        raw_fn = getattr(fn.__self__.with_raw_response, fn.__name__)
         attempt = 0
         while True:
             try:
-                return fn(**kw)
+                return _checked(raw_fn(**kw))
             except Exception as e:
                 if attempt >= self.max_retries or not _retryable(e):
-                    raise
+                    if isinstance(e, Refused):
+                        raise Refused(self._error_text(e)) from None
+                    raise ModelCallError(self._error_text(e)) from None
                 delay = min(self.backoff_s * 2**attempt, 30.0) * (0.5 + random.random())
-                STATS["retries"] += 1
-                time.sleep(delay)
+                ra = getattr(e, "retry_after", None)
+                _count_retry()
+                time.sleep(max(delay, ra) if ra is not None else delay)
                 attempt += 1
+
+    def _error_text(self, e: BaseException) -> str:
+        """One stored line for a failed call, with keys and URL credentials hidden."""
+        msg = str(e) if isinstance(e, (Refused, ModelCallError)) else f"{type(e).__name__}: {e}"
+        return (redact_text(" ".join(msg.split()), self._secrets) or "")[:500]
 
     def _generate_one(self, r: GenRequest) -> Generation:
         p = r.params
@@ -152,7 +287,7 @@ class OpenAIBackend:
                 text = ch.text
                 lps = list(ch.logprobs.token_logprobs) if p.logprobs and ch.logprobs else None
         except Exception as e:
-            return Generation("", [], None, Usage(seconds=time.time() - t), error=f"{type(e).__name__}: {e}"[:500])
+            return Generation("", [], None, Usage(seconds=time.time() - t), error=self._error_text(e))
         u = resp.usage
         usage = Usage(u.prompt_tokens if u else 0, u.completion_tokens if u else 0, time.time() - t)
         return Generation(text, [], lps, usage, finish_reason=ch.finish_reason or "")
@@ -259,7 +394,7 @@ class OpenAIBackend:
             except UserError:
                 raise
             except Exception as e:
-                return ScoreResult([], [], Usage(seconds=time.time() - t), error=f"{type(e).__name__}: {e}"[:500])
+                return ScoreResult([], [], Usage(seconds=time.time() - t), error=self._error_text(e))
             return ScoreResult([], vals, Usage(0, 0, time.time() - t))
 
         with ThreadPoolExecutor(self.max_concurrency) as ex:
