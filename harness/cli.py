@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -52,7 +53,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(dtype_line(summary.get("identities", {})))
     print(format_table(summary))
     print(f"results: {cfg.output_dir()}")
+    rows = summary["rows"]
+    if not any(r["scored"] for r in rows) and any(r["errors"] for r in rows):
+        n = sum(r["errors"] for r in rows)
+        return _nothing_succeeded(f"all {n} rows are errors", summary.get("first_error"))
     return 0
+
+
+def _nothing_succeeded(what: str, first_error: str | None) -> int:
+    """Say loudly that no call succeeded (a wrong base_url, a dead server, a bad key) and exit 1."""
+    from harness.store.redact import redact_text
+
+    first = redact_text(" ".join(str(first_error).split())[:300]) if first_error else "-"
+    print(f"error: nothing succeeded: {what} (first: {first}); check the models' base_url, the server and the "
+          "API key, then rerun", file=sys.stderr)
+    return 1
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -68,6 +83,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     )
     print(out["table"])
     print(f"store: {out['store']}  (harness report {out['store']})")
+    pred = out.get("predictions") or {}
+    if pred.get("total") and pred["errors"] == pred["total"]:
+        return _nothing_succeeded(f"all {pred['total']} predictions are errors", pred.get("first_error"))
     return 0
 
 
@@ -98,6 +116,9 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from harness.analyze.report import build_report
+    from harness.preflight import check_store_url
+
+    check_store_url(args.store, "store", must_exist=True, write=False)
 
     rep = build_report(args.store, args.out, run_id=args.run)
     print(f"report: {rep.path}  ({len(rep.cells)} cells, {len(rep.plots)} plots)")
@@ -106,6 +127,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from harness.analyze.compare import compare_cells, format_comparison
+    from harness.preflight import check_store_url
+
+    check_store_url(args.store, "store", must_exist=True, write=False)
 
     print(format_comparison(compare_cells(args.store, args.cell_a, args.cell_b)))
     return 0
@@ -146,16 +170,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_RESUME = {
+    "run": "rerun `harness run {config}`: every finished call is answered from the response cache",
+    "sweep": "rerun `harness sweep {config}` to resume: finished rows are kept",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a user error is one line on stderr and exit 2, Ctrl-C exit 130 with how to resume."""
+    from harness.store.redact import redact_text
+
     args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):  # -q: no progress bars, the datasets library's included
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     try:
         return args.fn(args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact_text(' '.join(str(e).split()))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        hint = _RESUME.get(args.cmd, "").format(config=getattr(args, "config", ""))
+        print(f"interrupted (marked interrupted in the results store); {hint}" if hint else "interrupted",
+              file=sys.stderr)
         return 130
+    except OSError as e:
+        if not e.filename:  # not a file-system error: a bug, show the traceback
+            raise
+        print(f"error: cannot use '{e.filename}': {e.strerror}; check the paths in the config (output.dir, "
+              "output.store, output.cache, task.options.path)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -157,6 +157,20 @@ class Output(_Strict):
     cache: str | None = "results/cache.sqlite"
     store: str | None = "results/store.db"  # SQLite path or postgresql:// URL; null: JSONL files only
 
+    @field_validator("dir")
+    @classmethod
+    def _dir_fields(cls, v: str) -> str:
+        import string
+
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(v) if f is not None}
+        except ValueError as e:
+            raise ValueError(f"'{v}' is not a folder template ({e}); write {{{{ }}}} for a literal brace") from None
+        bad = sorted(fields - {"name"})
+        if bad:
+            raise ValueError(f"unknown placeholder {{{bad[0]}}} in '{v}'; only {{name}} is allowed")
+        return v
+
 
 class MIConfig(_Strict):
     """Mutual information I(X;Z|Q): M sampled compressions per context, scored under every context of its group."""
@@ -272,8 +286,13 @@ def _read_yaml(path: str | Path, overrides: dict[str, Any] | None, what: str) ->
     p = Path(path)
     if not p.exists():
         raise UserError(f"config file '{p}' not found; pass the path of a YAML {what}")
+    if not p.is_file():
+        raise UserError(f"config file '{p}' is a folder; pass the path of a YAML {what}")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{p}: not UTF-8 text (byte 0x{e.object[e.start:e.start + 1].hex()} at offset {e.start}); "
+                        "save the config as UTF-8") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

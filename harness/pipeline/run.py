@@ -23,7 +23,7 @@ from harness.pipeline.prompts import arm_input, arm_messages
 from harness.pipeline.record import Recorder
 from harness.pipeline.stages import Item, add_usage, fit_request, params_from, progress_bar, run_generation_stage
 from harness.records import Generation, GenParams, GenRequest
-from harness.tasks import load_task
+from harness.store.redact import redact
 
 
 def _git_commit() -> str | None:
@@ -52,11 +52,33 @@ def _cost_fn(cfg: RunConfig, backends: dict[str, Any]) -> Any:
 
 
 def run(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
-    """Execute a run and return its summary (also written to the run folder)."""
+    """Execute a run and return its summary (also written to the run folder).
+
+    Every path, model spec and data file is checked before any file is created. A run that raises is marked
+    "failed" in the results store ("interrupted" on Ctrl-C), never left "running".
+    """
+    started: dict[str, Any] = {}
+    try:
+        return _run(cfg, quiet=quiet, started=started)
+    except BaseException as e:
+        if "store" in started:
+            status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            started["store"].finish_run(started["run_id"], status)
+            started["store"].close()
+        raise
+
+
+def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, Any]:
     from harness.metrics import score_prediction
+    from harness.preflight import announce, check_models, check_outputs, load_samples, run_models
 
     t0 = time.time()
     stats0 = dict(STATS)
+    check_outputs(cfg, run_folder=True)
+    models = run_models(cfg)
+    check_models(models)
+    samples = load_samples(cfg.task)
+    announce(models)
     cache = ResponseCache(cfg.output.cache) if cfg.output.cache else None
     # resolve every model spec up front (lazy: no weights load here), so a bad spec fails fast
     comp_be = None
@@ -64,9 +86,6 @@ def run(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
         assert cfg.models.compressor is not None
         comp_be = make_backend(cfg.models.compressor, field="models.compressor.model", cache=cache)
     pred_be = make_backend(cfg.models.predictor, field="models.predictor.model", cache=cache)
-    samples = load_task(
-        cfg.task.name, size=cfg.task.size, seed=cfg.task.seed, split=cfg.task.split, options=cfg.task.options
-    )
 
     # each run writes its own folder; earlier runs are never overwritten
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
@@ -77,6 +96,7 @@ def run(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
 
         store = Store.open(cfg.output.store)
         store.start_run(run_id=run_id, name=cfg.name, config=cfg, git_commit=_git_commit())
+        started.update(store=store, run_id=run_id)
         store.add_samples(cfg.task.name, samples)
     writer = Recorder(out_dir, store, run_id, cfg.task.name)
     writer.cost = _cost_fn(cfg, {"compressor": comp_be, "predictor": pred_be})
@@ -98,7 +118,7 @@ def run(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
         json.dumps(
             {
                 "run_id": run_id,
-                "config": cfg.model_dump(mode="json"),
+                "config": redact(cfg.model_dump(mode="json")),
                 "git_commit": _git_commit(),
                 "harness": __version__,
                 "python": platform.python_version(),
@@ -231,6 +251,7 @@ def run(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
         else "greedy compressions"
     )
     summary["identities"] = identities
+    summary["first_error"] = next((it.error for it in items if it.error), None)
     summary["wall_seconds"] = round(time.time() - t0, 2)
     summary["model_loads"] = STATS["model_loads"] - stats0.get("model_loads", 0)
     summary["model_calls"] = sum(STATS[k] - stats0.get(k, 0) for k in ("generate_calls", "score_calls"))

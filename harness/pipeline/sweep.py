@@ -33,7 +33,9 @@ from harness.pipeline.mi_stage import mi_stage
 from harness.pipeline.prompts import arm_input, arm_messages, render
 from harness.pipeline.record import store_mi_row
 from harness.pipeline.stages import Item, fit_request, params_from, progress_bar, run_generation_stage
+from harness.preflight import announce, check_models, check_outputs, load_samples
 from harness.records import Generation, GenRequest, Sample, Usage
+from harness.store.redact import redact_url
 from harness.store.store import knob_hash
 
 #: crash points for the crash-safety tests: HARNESS_CRASH_AT=compress:N | predict:N | stage:NAME sends this
@@ -111,9 +113,35 @@ def _role(entry: str | ModelConfig, base: ModelConfig | None) -> dict[str, Any]:
     return d
 
 
-def _cell_hash(d: dict[str, Any], arm: str) -> str:
-    """What shapes a cell's predictions: everything but output, naming and, off the compressed arm, compression."""
-    keep = copy.deepcopy(d)
+#: ModelConfig fields that change how calls are made, never what a model answers: kept out of every key
+TRANSPORT_FIELDS = ("device", "batch_size", "max_concurrency", "max_retries", "timeout_s", "api_key_env",
+                    "trust_remote_code")
+
+
+def model_key_fields(mc: ModelConfig) -> dict[str, Any]:
+    """The part of a model config that decides its outputs: the one source of every key derived from a model
+    (cell hash, compression unit, the sweep's model and backend maps).
+
+    Transport and execution settings (TRANSPORT_FIELDS: timeouts, retries, concurrency, batch size, device, which
+    environment variable holds the key, the remote-code permission) are reset to their defaults rather than
+    dropped, so the ids of configs that never set them stay as they were. `base_url` stays, with its credentials
+    hidden (`redact_url`): it names which server, and so which weights, answers, as in the backend identity; a
+    rotated key or password keeps every id.
+    """
+    d = mc.model_dump(mode="json")
+    for f in TRANSPORT_FIELDS:
+        d[f] = ModelConfig.model_fields[f].default
+    d["base_url"] = redact_url(d["base_url"])
+    return d
+
+
+def _cell_hash(rc: RunConfig, arm: str) -> str:
+    """What shapes a cell's predictions: everything but output, naming, transport settings and, off the compressed
+    arm, compression."""
+    keep = rc.model_dump(mode="json")
+    for role in ("compressor", "predictor"):
+        mc = getattr(rc.models, role)
+        keep["models"][role] = model_key_fields(mc) if mc is not None else None
     for k in ("name", "output", "prices", "sweep", "arms"):
         keep.pop(k, None)
     keep["models"].pop("scorer", None)
@@ -155,11 +183,11 @@ def expand(cfg: RunConfig) -> Plan:
         if needs_compression:
             kh = compression_knob_hash(rc)
             assert rc.models.compressor is not None
-            unit_key = knob_hash({"compressor": rc.models.compressor.model_dump(mode="json"), "knobs": kh,
+            unit_key = knob_hash({"compressor": model_key_fields(rc.models.compressor), "knobs": kh,
                                   "seed": rc.seed})  # the seed is a column of the compression key, not in kh
             plan.units.setdefault(unit_key, CompressUnit(unit_key, rc, task_key, kh))
         for arm in rc.arms:
-            h = _cell_hash(rc.model_dump(mode="json"), arm)
+            h = _cell_hash(rc, arm)
             comp_name = _short(rc.models.compressor.model) if arm == "compressed" and rc.models.compressor else "-"
             cid = f"{cfg.name}/{rc.task.name}/{arm}/{comp_name}/{_short(rc.models.predictor.model)}/{h[:8]}"
             if cid not in plan.cells:
@@ -194,17 +222,34 @@ class Sweep:
             raise UserError("models.judge: sweeps do not run a judge yet; score judged tasks with `harness run`")
         self.retry = retry_errors
         self.quiet = quiet
+        # every check before any file is created: a bad config leaves no empty store or cache behind
+        check_outputs(cfg, run_folder=False)
+        models = self._models()
+        check_models(models)
+        self.samples: dict[str, list[Sample]] = {tk: load_samples(t) for tk, t in self.plan.tasks.items()}
+        announce(models)
         self.cache = ResponseCache(cfg.output.cache) if cfg.output.cache else None
         self.store = Store.open(cfg.output.store)
-        self.samples: dict[str, list[Sample]] = {}
         self.model_ids: dict[str, int] = {}
         self.backends: dict[str, Any] = {}
         self.counts: Counter[str] = Counter()
 
     # ---- models ----
+    def _models(self) -> list[tuple[str, ModelConfig]]:
+        """(field, config) of every distinct model the plan uses."""
+        out: dict[str, tuple[str, ModelConfig]] = {}
+        for u in self.plan.units.values():
+            out.setdefault(self._mkey(u.compressor), ("sweep.compressors", u.compressor))
+            sc = u.cfg.models.scorer
+            if sc is not None and u.cfg.mi is not None and "scorer" in u.cfg.mi.scorers:
+                out.setdefault(self._mkey(sc), ("models.scorer", sc))
+        for c in self.plan.cells.values():
+            out.setdefault(self._mkey(c.cfg.models.predictor), ("sweep.predictors", c.cfg.models.predictor))
+        return list(out.values())
+
     @staticmethod
     def _mkey(mc: ModelConfig) -> str:
-        return knob_hash(mc.model_dump(mode="json"))
+        return knob_hash(model_key_fields(mc))
 
     def _backend(self, mc: ModelConfig, field: str) -> Any:
         k = self._mkey(mc)
@@ -227,14 +272,12 @@ class Sweep:
     # ---- driver ----
     def run(self) -> dict[str, Any]:
         from harness.pipeline.run import _git_commit
-        from harness.tasks import load_task
 
         t0 = time.time()
         stats0 = dict(STATS)
         p = self.plan
         self.store.start_run(run_id=p.run_id, name=p.name, config=self.cfg, git_commit=_git_commit())
         for tk, t in p.tasks.items():
-            self.samples[tk] = load_task(t.name, size=t.size, seed=t.seed, split=t.split, options=t.options)
             self.store.add_samples(t.name, self.samples[tk])
         for c in p.cells.values():
             mc = c.cfg.models.compressor
@@ -252,8 +295,11 @@ class Sweep:
             self.predict_stage()
             _crash("stage:score")
             self.score_stage()
-        except BaseException:
+        except KeyboardInterrupt:
             self.store.finish_run(p.run_id, "interrupted")
+            raise
+        except BaseException:
+            self.store.finish_run(p.run_id, "failed")
             raise
         finally:
             for be in self.backends.values():
@@ -579,6 +625,11 @@ def run_sweep(cfg: RunConfig, *, retry_errors: bool = False, quiet: bool = False
     try:
         out = sw.run()
         out["table"] = cell_table(sw.store, sw.plan.run_id)
+        _, rows = sw.store.query(
+            "SELECT COUNT(*), COUNT(p.error), MIN(p.error) FROM predictions p JOIN cells c ON c.cell_id = p.cell_id "
+            "WHERE c.run_id = ?", (sw.plan.run_id,))
+        n, n_err, first = rows[0]
+        out["predictions"] = {"total": int(n or 0), "errors": int(n_err or 0), "first_error": first}
     finally:
         sw.close()
     return out
