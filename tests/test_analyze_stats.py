@@ -1,4 +1,5 @@
-"""harness.analyze.stats: rate–distortion fit, logistic factors, paired tests, correlation (no models, no store)."""
+"""harness.analyze.stats: rate–distortion fit, logistic factors, paired tests, correlation (no models, no store);
+and `harness compare`'s paired MI test on a small store written row by row (no models)."""
 
 from __future__ import annotations
 
@@ -256,3 +257,93 @@ def test_not_crossed_flags_family_seen_at_disjoint_sizes():
     crossed = pd.concat([d, pd.DataFrame({"fam": ["llama"], "size": [28.9]})])  # one size now in both families
     assert stats.not_crossed(crossed, "fam", "size") is None
     assert stats.not_crossed(d[d["fam"] == "qwen2"], "fam", "size") is None  # one family: nothing to confound
+
+
+# ----------------------------------------------------------------------------- paired MI in `harness compare`
+
+
+def _mi_store(url: str, *, with_terms: bool = True) -> tuple[str, str, dict[str, object]]:
+    """A store with two compressors (one predictor each) on 12 contexts of one question, and each compressor's MI
+    scored by a common proxy, written through `store_mi_row` from rows built as the MI stage builds them (estimates
+    of a channel whose per-context noise differs; compressor B is noisier). Returns (cell A, cell B, estimates)."""
+    from harness.mi import estimate_mi, estimate_mi_groups
+    from harness.pipeline.mi_stage import _context_terms
+    from harness.pipeline.record import store_mi_row
+    from harness.records import Document, ModelIdentity, Sample, Usage
+    from harness.store import Store
+    from tests.test_mi import _hetero_logp
+
+    n, ms, k, m = 12, 16, 4, 8
+    x = np.random.default_rng(3).integers(0, m, size=(n, k))
+    da = np.linspace(0.05, 0.9, n)
+    rng = np.random.default_rng(0)
+    sids = [f"s{i:02d}" for i in range(n)]
+    lp = {"A": _hetero_logp(x, m, da, ms, rng), "B": _hetero_logp(x, m, da + 0.05, ms, rng)}
+    est = {c: estimate_mi(v, n_boot=200) for c, v in lp.items()}
+    with Store.open(url) as st:
+        st.start_run(run_id="r", name="mi", config={}, package_versions={})
+        ids = {c: st.model_id(ModelIdentity("transformers", c, "rev", "float32", "t")) for c in ("A", "B", "P", "S")}
+        st.add_samples("t", [Sample(s, "q?", (Document("d", s),), ("1",), group_id="g") for s in sids])
+        for c in ("A", "B"):
+            st.upsert_cell(cell_id=f"r/{c}", run_id="r", task="t", predictor_model_id=ids["P"], arm="compressed",
+                           compressor_model_id=ids[c], knobs={})
+            for s in sids:
+                cid = st.add_compression(compressor_model_id=ids[c], task="t", sample_id=s, knob_hash="", text="z",
+                                         sample_index=0, n_tokens=3, run_id="r", usage=Usage(10, 3, 0.1))
+                pid = st.add_prediction(cell_id=f"r/{c}", sample_id=s, arm="compressed", text="1", compression_id=cid,
+                                        usage=Usage(5, 1, 0.1))
+                st.add_score(prediction_id=pid, metric="exact", value=1.0, correct=True)
+            g = estimate_mi_groups([lp[c]], n_boot=200)
+            row = {"mode": "conditional", "group_id": "*", "samples_per_context": ms, "sampling": {},
+                   "n_contexts": n, "bits": g.bits, "ci": list(g.ci), "mc_se_bits": g.mc_se_bits,
+                   "mc_ci": list(g.mc_ci), "upper_bits": g.upper_bits, "saturated_fraction": 0.0,
+                   "bits_per_token": g.bits / 3, "mean_tokens": 3.0, "error": None}
+            if with_terms:
+                row.update(_context_terms(sids, est[c]))
+            store_mi_row(st, "r", "t", ids[c], ids["S"], row, "")
+    return "r/A", "r/B", est
+
+
+def test_compare_reports_the_paired_mi_difference_over_shared_contexts(tmp_path, capsys):
+    """Both cells' MI rows carry per-context terms from the same proxy scorer: `compare` reports the paired
+    difference, equal to `paired_mi_difference` on those terms; the MC test separates A and B (B noisier)."""
+    from harness.analyze.compare import compare_cells, format_comparison
+    from harness.cli import main
+    from harness.mi import paired_mi_difference
+
+    url = str(tmp_path / "mi.db")
+    a, b, est = _mi_store(url)
+    res = compare_cells(url, a, b, n_boot=500)
+    d = res.mi_paired
+    assert d is not None and d.n_contexts == 12
+    want = paired_mi_difference(est["A"].context_bits, est["B"].context_bits, a_var=est["A"].context_var_bits,
+                                b_var=est["B"].context_var_bits, m_a=16, m_b=16, n_boot=500)
+    assert d.diff_bits == pytest.approx(est["A"].bits - est["B"].bits)
+    assert d.mc_se_bits == pytest.approx(want.mc_se_bits) and d.mc_p == pytest.approx(want.mc_p)
+    assert d.population_ci == pytest.approx(want.population_ci)
+    assert d.mc_p < 0.01 and d.diff_bits > 0
+    out = format_comparison(res)
+    assert f"MI: A − B = {d.diff_bits:+.3f} bits over 12 shared contexts" in out
+    assert "Monte Carlo, given these contexts: ±" in out and "Wilcoxon p = " in out
+    assert main(["compare", url, a, b]) == 0
+    assert "MI: A − B = " in capsys.readouterr().out
+    # the report's MI column shows both intervals: the MC se from detail_json and the population CI from ci_lo/hi
+    from harness.analyze.report import _mi_str, cell_frame
+    from harness.results import load
+
+    cells, _, _ = cell_frame(load(url))
+    r = cells.set_index("cell_id").loc[a]
+    assert r["mi_mc_se"] is not None and r["mi_mc_se"] > 0
+    assert _mi_str(r) == f"{r['mi_bits']:.2f} ±{r['mi_mc_se']:.2f} MC [pop {r['mi_lo']:.2f}, {r['mi_hi']:.2f}]"
+
+
+def test_compare_without_per_context_terms_says_why(tmp_path):
+    """MI rows stored without per-context terms (older runs): no paired test, and a note saying why."""
+    from harness.analyze.compare import compare_cells
+
+    url = str(tmp_path / "old.db")
+    a, b, _ = _mi_store(url, with_terms=False)
+    res = compare_cells(url, a, b, n_boot=200)
+    assert res.mi_paired is None
+    assert any("no per-context terms" in n for n in res.notes)
+    assert res.mi["MI bits"][0] is not None  # the pooled estimates are still shown

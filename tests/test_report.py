@@ -174,9 +174,10 @@ def test_report_cell_table_matches_planted_numbers(store_url, tmp_path, capsys):
             assert r["token_ratio"] == pytest.approx(SUMMARY_TOKENS[c] / CONTEXT_TOKENS)
             assert r["mi_bits"] == pytest.approx(MI_PROXY[c])  # the common proxy, not self and not the group row
             assert row["MI scorer"].startswith("proxy-scorer")
-            assert row["MI bits [95% CI]"] == f"{MI_PROXY[c]:.2f} [{MI_PROXY[c] - 0.2:.2f}, {MI_PROXY[c] + 0.2:.2f}]"
+            mi_cell = f"{MI_PROXY[c]:.2f} [pop {MI_PROXY[c] - 0.2:.2f}, {MI_PROXY[c] + 0.2:.2f}]"  # no MC se stored
+            assert row["MI bits ±MC [pop 95% CI]"] == mi_cell
         else:
-            assert row["summary_tok"] == "-" and row["MI bits [95% CI]"] == "-"
+            assert row["summary_tok"] == "-" and row["MI bits ±MC [pop 95% CI]"] == "-"
         # dollars only where planted (p1's predictions), '-' elsewhere
         assert (row["$ actual / uncached"] == "-") == (p == "p2")
     # the stage of each error

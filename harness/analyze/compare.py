@@ -4,11 +4,13 @@ Pairs match on sample id, and also on the compression when both cells read the s
 predictors of one compressor). A pair where either side has an error (compression, prediction, missing score) is
 dropped and counted. Accuracy: difference A − B with a paired-bootstrap 95% CI and the exact McNemar p-value;
 a metric without a verdict (e.g. bits per byte): mean difference with a paired-bootstrap CI; tokens, seconds,
-FLOPs and dollars: mean per pair; MI: the cells' pooled estimates.
+FLOPs and dollars: mean per pair; MI: the cells' pooled estimates and, when both MI rows were scored by one scorer
+and store per-context terms, a paired test of the MI difference over the contexts both share (`paired_mi`).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import pandas as pd
 from harness.analyze import stats
 from harness.analyze.report import _f, _isnull, cell_frame, md_table, sample_status
 from harness.errors import UserError
+from harness.mi import PairedMIDifference, paired_mi_difference
 
 PER_PAIR = (
     ("summary_tokens", "summary tokens"),
@@ -55,6 +58,7 @@ class Comparison:
     value: tuple[str, float, float, stats.DiffCI] | None = None  # a metric without a verdict: (name, A, B, A − B)
     means: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     mi: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    mi_paired: PairedMIDifference | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -73,6 +77,50 @@ def _per_pair_values(p: pd.DataFrame) -> pd.DataFrame:
 def _mean(s: pd.Series) -> float | None:
     s = pd.to_numeric(s, errors="coerce").dropna()
     return float(s.mean()) if len(s) else None
+
+
+def _context_terms(row: pd.Series) -> tuple[dict[str, float], dict[str, float | None]] | None:
+    """(context_bits, context_var_bits) keyed by sample id from an MI row's detail_json; None if not stored."""
+    d = row.get("detail_json")
+    detail = json.loads(d) if isinstance(d, str) and d else {}
+    bits = detail.get("context_bits") if isinstance(detail, dict) else None
+    if not bits:
+        return None
+    return bits, detail.get("context_var_bits") or {}
+
+
+def paired_mi(frames: dict[str, pd.DataFrame], mi_a: Any, mi_b: Any, n_boot: int = 2000,
+              seed: int = 0) -> tuple[PairedMIDifference | None, str | None]:
+    """Paired MI difference A − B from two pooled MI rows (ids `mi_a`, `mi_b`) over their shared contexts.
+
+    Needs one scorer and mode for both rows and per-context terms in both (rows stored before those were kept
+    have none); otherwise (None, the reason). The MC part assumes A's and B's compressions were drawn independently.
+    """
+    if _isnull(mi_a) or _isnull(mi_b):
+        return None, None
+    mi = frames["mi_estimates"].set_index("mi_id")
+    ra, rb = mi.loc[int(mi_a)], mi.loc[int(mi_b)]
+    if int(mi_a) == int(mi_b):
+        return None, None  # one compressor's MI on both sides: nothing to compare
+    if int(ra["scorer_model_id"]) != int(rb["scorer_model_id"]) or ra["mode"] != rb["mode"]:
+        return None, "no paired MI test: the two MI rows were scored by different scorers or modes"
+    ta, tb = _context_terms(ra), _context_terms(rb)
+    if ta is None or tb is None:
+        return None, "no paired MI test: an MI row has no per-context terms (stored from an older version)"
+    shared = sorted(set(ta[0]) & set(tb[0]))
+    if not shared:
+        return None, "no paired MI test: the two MI rows share no contexts"
+    va = [ta[1].get(k) for k in shared]
+    vb = [tb[1].get(k) for k in shared]
+    mc = all(v is not None for v in va + vb)
+    res = paired_mi_difference(
+        [ta[0][k] for k in shared], [tb[0][k] for k in shared],
+        a_var=va if mc else None, b_var=vb if mc else None,
+        m_a=int(ra["n_samples"]) if mc else None, m_b=int(rb["n_samples"]) if mc else None, n_boot=n_boot, seed=seed,
+    )
+    unshared = len(set(ta[0]) ^ set(tb[0]))
+    note = f"paired MI over the {len(shared)} shared contexts ({unshared} in only one row)" if unshared else None
+    return res, note
 
 
 def compare_cells(url: str | Path, cell_a: str, cell_b: str, n_boot: int = 2000, seed: int = 0) -> Comparison:
@@ -144,6 +192,9 @@ def compare_cells(url: str | Path, cell_a: str, cell_b: str, n_boot: int = 2000,
     mi = {k: (None if _isnull(x) else float(x), None if _isnull(y) else float(y)) for k, (x, y) in mi.items()}
     if ca["mi_scorer"] != cb["mi_scorer"] and not _isnull(ca["mi_bits"]) and not _isnull(cb["mi_bits"]):
         notes.append(f"MI scored by different models: A {ca['mi_scorer']}, B {cb['mi_scorer']}")
+    mi_paired, note = paired_mi(frames, ca["mi_id"], cb["mi_id"], n_boot, seed)
+    if note:
+        notes.append(note)
     return Comparison(
         cell_a=ca.to_dict(),
         cell_b=cb.to_dict(),
@@ -164,12 +215,33 @@ def compare_cells(url: str | Path, cell_a: str, cell_b: str, n_boot: int = 2000,
         value=value,
         means=means,
         mi=mi,
+        mi_paired=mi_paired,
         notes=notes,
     )
 
 
 def _d(x: float | None, y: float | None, spec: str) -> str:
     return "-" if x is None or y is None else format(x - y, spec)
+
+
+def _p(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
+def format_paired_mi(d: PairedMIDifference) -> str:
+    """One paragraph: the MI difference with its Monte Carlo test (these contexts) and its population test."""
+    out = f"MI: A − B = {d.diff_bits:+.3f} bits over {d.n_contexts} shared contexts (one scorer); "
+    if d.mc_se_bits is not None and d.mc_ci is not None:
+        out += (f"Monte Carlo, given these contexts: ±{d.mc_se_bits:.3f} se, 95% CI [{d.mc_ci[0]:+.3f}, "
+                f"{d.mc_ci[1]:+.3f}], p = {_p(d.mc_p)}; ")
+    else:
+        out += "Monte Carlo error not estimable (M = 1); "
+    if d.population_ci is not None:
+        out += (f"population, paired over contexts: 95% CI [{d.population_ci[0]:+.3f}, {d.population_ci[1]:+.3f}], "
+                f"paired t p = {_p(d.t_p)}, Wilcoxon p = {_p(d.wilcoxon_p)}")
+    else:
+        out += "population test needs ≥ 2 contexts"
+    return out
 
 
 def format_comparison(c: Comparison) -> str:
@@ -206,5 +278,7 @@ def format_comparison(c: Comparison) -> str:
         )
     elif c.value is None:
         lines.append("accuracy: no error-free matched pairs, nothing to test")
+    if c.mi_paired is not None:
+        lines.append(format_paired_mi(c.mi_paired))
     lines += [f"note: {n}" for n in c.notes]
     return "\n".join(lines)

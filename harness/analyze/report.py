@@ -419,6 +419,7 @@ def cell_frame(
                 "mi_bits": float(m["bits"]),
                 "mi_lo": None if _isnull(m["ci_lo"]) else float(m["ci_lo"]),
                 "mi_hi": None if _isnull(m["ci_hi"]) else float(m["ci_hi"]),
+                "mi_mc_se": mi_mc_se(m["detail_json"]),
                 "bits_per_token": None if _isnull(m["bits_per_token"]) else float(m["bits_per_token"]),
                 "saturated_fraction": None if _isnull(m["saturated_fraction"]) else float(m["saturated_fraction"]),
                 "mi_scorer": "self" if sc == comp_id else (infos[sc].name if sc in infos else str(sc)),
@@ -440,8 +441,8 @@ CELL_COLUMNS = (
     "predictor_model_id", "predictor", "predictor_family", "predictor_params", "knobs", "n", "correct", "accuracy",
     "acc_lo", "acc_hi", "errors", *(f"errors_{s}" for s in ERROR_STAGES), "metric", "n_value", "value_metric",
     "value_mean", "value_lo", "value_hi", "summary_tokens", "token_ratio",
-    "usage_rows", "tokens", "mi_bits", "mi_lo", "mi_hi", "bits_per_token", "saturated_fraction", "mi_scorer",
-    "mi_mode", "mi_run", "mi_id",
+    "usage_rows", "tokens", "mi_bits", "mi_lo", "mi_hi", "mi_mc_se", "bits_per_token", "saturated_fraction",
+    "mi_scorer", "mi_mode", "mi_run", "mi_id",
 )  # fmt: skip
 
 
@@ -469,11 +470,26 @@ def _acc_str(r: pd.Series | dict[str, Any]) -> str:
     return f"{r['accuracy']:.3f} [{r['acc_lo']:.2f}, {r['acc_hi']:.2f}]"
 
 
+def mi_mc_se(detail_json: Any) -> float | None:
+    """The Monte Carlo standard error stored in an MI row's detail_json (None for rows from before it was stored)."""
+    if not isinstance(detail_json, str) or not detail_json:
+        return None
+    d = json.loads(detail_json)
+    v = d.get("mc_se_bits") if isinstance(d, dict) else None
+    return None if v is None else float(v)
+
+
+def _mi_bits_str(bits: float, mc_se: Any, lo: Any, hi: Any) -> str:
+    """ "2.51 ±0.02 MC [pop 2.25, 2.77]": MC standard error given the contexts, population interval over them."""
+    mc = "" if _isnull(mc_se) else f" ±{mc_se:.2f} MC"
+    ci = f" [pop {lo:.2f}, {hi:.2f}]" if not _isnull(lo) and not _isnull(hi) else ""
+    return f"{bits:.2f}{mc}{ci}"
+
+
 def _mi_str(r: pd.Series | dict[str, Any]) -> str:
     if _isnull(r["mi_bits"]):
         return "-"
-    ci = f" [{r['mi_lo']:.2f}, {r['mi_hi']:.2f}]" if not _isnull(r["mi_lo"]) and not _isnull(r["mi_hi"]) else ""
-    return f"{r['mi_bits']:.2f}{ci}"
+    return _mi_bits_str(r["mi_bits"], r.get("mi_mc_se"), r["mi_lo"], r["mi_hi"])
 
 
 def md_table(head: list[str], rows: list[list[str]]) -> str:
@@ -675,7 +691,7 @@ def _cells_section(cells: pd.DataFrame, choice: MIChoice) -> list[str]:
         "errors",
         "summary_tok",
         "token_ratio",
-        "MI bits [95% CI]",
+        "MI bits ±MC [pop 95% CI]",
         "bits/token",
         "MI scorer",
         "tokens",
@@ -780,8 +796,9 @@ def _mi_section(frames: dict[str, pd.DataFrame], cells: pd.DataFrame, infos: dic
     rows = []
     for r in mi.sort_values(["task", "compressor_model_id", "scorer_model_id", "mode", "run_id"]).itertuples():
         c, s = int(r.compressor_model_id), int(r.scorer_model_id)
-        ci = "" if _isnull(r.ci_lo) or _isnull(r.ci_hi) else f" [{r.ci_lo:.2f}, {r.ci_hi:.2f}]"
-        bits = f"error: {r.error}" if not _isnull(r.error) else (f"{r.bits:.2f}{ci}" if not _isnull(r.bits) else "-")
+        mc = mi_mc_se(r.detail_json)
+        bits = f"error: {r.error}" if not _isnull(r.error) else (
+            _mi_bits_str(r.bits, mc, r.ci_lo, r.ci_hi) if not _isnull(r.bits) else "-")
         up = "-" if _isnull(r.upper_bits) else ("∞" if math.isinf(r.upper_bits) else f"{r.upper_bits:.2f}")
         rows.append(
             [
@@ -806,7 +823,7 @@ def _mi_section(frames: dict[str, pd.DataFrame], cells: pd.DataFrame, infos: dic
         "run",
         "contexts",
         "M",
-        "bits [95% CI]",
+        "bits ±MC [pop 95% CI]",
         "upper",
         "bits/token",
         "saturated",

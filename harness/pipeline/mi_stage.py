@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from harness.config import RunConfig
-from harness.mi import bits_per_token, estimate_mi, estimate_mi_groups
+from harness.mi import MIEstimate, bits_per_token, estimate_mi, estimate_mi_groups
 from harness.pipeline.compress import CompKey, CompressOutput, compression_knob_hash
 from harness.pipeline.stages import progress_bar
 from harness.records import Sample
@@ -25,6 +25,13 @@ def question_groups(cfg: RunConfig, samples: list[Sample]) -> list[list[int]]:
     cap = cfg.mi.contexts_per_group
     out = [g[:cap] if cap else g for g in groups.values()]
     return [g for g in out if len(g) >= cfg.mi.min_contexts]
+
+
+def _context_terms(sample_ids: list[str], est: MIEstimate) -> dict[str, dict[str, float | None]]:
+    """Per-context terms keyed by sample id (mean over the M draws, and their variance; None when M = 1)."""
+    var = [None if not np.isfinite(v) else float(v) for v in est.context_var_bits]
+    return {"context_bits": dict(zip(sample_ids, map(float, est.context_bits), strict=True)),
+            "context_var_bits": dict(zip(sample_ids, var, strict=True))}
 
 
 def mi_stage(cfg: RunConfig, scorer: Any, scorer_label: str, compressor_identity: Any, samples: list[Sample],
@@ -55,6 +62,7 @@ def _mi_groups(cfg: RunConfig, scorer: Any, scorer_label: str, compressor_identi
             "knob_hash": compression_knob_hash(cfg),
             "sampling": {"temperature": mi.temperature, "top_p": 1.0, "top_k": 0}}
     ok_logp, ok_tokens, fwd, lower, errors = [], [], 0, 0, []
+    ctx_terms: list[dict[str, dict[str, float | None]]] = []
     for g in groups:
         gid = samples[g[0]].group_id if mi.mode != "paper" else "all"
         comps = [[comp.results.get(CompKey(idx, "sample", j)) for j in range(m)] for idx in g]
@@ -83,6 +91,8 @@ def _mi_groups(cfg: RunConfig, scorer: Any, scorer_label: str, compressor_identi
         mean_tok = float(gl.tokens.mean())
         row.update(est.to_dict())
         row.pop("pointwise_bits", None)
+        row.update(_context_terms(gl.sample_ids, est))
+        ctx_terms.append(_context_terms(gl.sample_ids, est))
         row.update({"mean_tokens": mean_tok, "bits_per_token": bits_per_token(est.bits, mean_tok),
                     "forwarded_tokens": gl.forwarded_tokens, "lower_bound_tokens": gl.lower_bound_tokens,
                     "error": None})
@@ -105,6 +115,10 @@ def _mi_groups(cfg: RunConfig, scorer: Any, scorer_label: str, compressor_identi
         bpt = bits_per_token(est.bits, mean_tok)
         overall.update({
             "bits": est.bits, "ci": list(est.ci), "upper_bits": est.upper_bits, "upper_is_bound": est.upper_is_bound,
+            "population_ci": list(est.ci), "mc_se_bits": est.mc_se_bits,
+            "mc_ci": list(est.mc_ci) if est.mc_ci is not None else None,
+            "context_bits": {k: v for t in ctx_terms for k, v in t["context_bits"].items()},
+            "context_var_bits": {k: v for t in ctx_terms for k, v in t["context_var_bits"].items()},
             "saturated_fraction": est.saturated_fraction, "n_contexts": sum(len(x) for x in ok_logp),
             "mean_tokens": mean_tok, "rate_bits": est.bits, "bits_per_token": bpt,
             "bits_per_token_is_lower_bound": est.saturated_fraction >= 0.5,

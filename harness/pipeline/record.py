@@ -129,7 +129,11 @@ class Recorder:
 
 def store_mi_row(store: Any, run_id: str, task: str, compressor_id: int, scorer_id: int, r: dict[str, Any],
                  knob_hash: str) -> int:
-    """Write one MI stage row (a group's estimate, or the pooled one with group_id "*") to the results store."""
+    """Write one MI stage row (a group's estimate, or the pooled one with group_id "*") to the results store.
+
+    ci_lo/ci_hi hold the population interval; the Monte Carlo error (`mc_se_bits`, `mc_ci`) and the per-context
+    terms keyed by sample id (`context_bits`, `context_var_bits`, for paired comparisons) go to detail_json.
+    """
     ci = r.get("ci") or [None, None]
     return store.add_mi_estimate(
         run_id=run_id, task=task, compressor_model_id=compressor_id, scorer_model_id=scorer_id, mode=r["mode"],
@@ -139,5 +143,6 @@ def store_mi_row(store: Any, run_id: str, task: str, compressor_id: int, scorer_
         upper_is_bound=r.get("upper_is_bound"), saturated_fraction=r.get("saturated_fraction"),
         bits_per_token=r.get("bits_per_token"), mean_tokens=r.get("mean_tokens"), error=r.get("error"),
         detail={k: r.get(k) for k in ("tokenization", "forwarded_tokens", "lower_bound_tokens", "scorer_identity",
-                                      "forwarded_ratio")},
+                                      "forwarded_ratio", "mc_se_bits", "mc_ci", "context_bits",
+                                      "context_var_bits")},
     )
