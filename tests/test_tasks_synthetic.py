@@ -170,6 +170,29 @@ def test_records_earliest_episode_is_first_and_distractor_options_are_plausible(
     assert seen_in_other_records > len(samples)  # hard distractors come from the other records
 
 
+@pytest.mark.parametrize(("k", "n_templates"), [(2, 1), (3, 2), (1, 4)])
+def test_records_distinct_values_gives_exactly_k_contexts_per_group(k: int, n_templates: int) -> None:
+    """With distinct_values=k every group of N > k samples holds exactly k distinct contexts, each k-th sample a
+    copy (same context, answers, choices) of an earlier one; ids stay unique; without it all N are distinct."""
+    samples = load_task(RECORDS, size=6 * n_templates, seed=2,
+                        options={"n_templates": n_templates, "distinct_values": k})
+    assert len({s.id for s in samples}) == len(samples)
+    groups = _groups(samples)
+    assert len(groups) == n_templates
+    for g in groups.values():
+        assert len(g) == 6 and len({s.question for s in g}) == 1
+        assert len({s.context for s in g}) == k
+        for r, s in enumerate(g):
+            assert (s.context, s.answers, s.choices) == (g[r % k].context, g[r % k].answers, g[r % k].choices)
+            assert ("copy_of" in s.meta) == (r >= k)
+    plain = load_task(RECORDS, size=6 * n_templates, seed=2, options={"n_templates": n_templates})
+    assert all(len({s.context for s in g}) == 6 for g in _groups(plain).values())
+    # the first k contexts of each group are the ones drawn without the option (same random stream)
+    assert [s.context for s in samples[: k * n_templates]] == [s.context for s in plain[: k * n_templates]]
+    with pytest.raises(UserError, match="distinct_values"):
+        load_task(RECORDS, size=2, options={"distinct_values": -1})
+
+
 def test_records_target_position_random() -> None:
     samples = load_task(RECORDS, size=30, seed=0, options={"target_position": "random", "n_distractors": 3})
     positions = {s.meta["target_index"] for s in samples}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -415,14 +415,14 @@ RECORD_TEMPLATES: tuple[_RecordTemplate, ...] = (
         lambda r: f"{r.choice(FIRST_NAMES)} {r.choice(LAST_NAMES)}"),
 )
 
-RECORD_OPTIONS = ("context_tokens", "n_distractors", "n_facts", "n_templates", "target_position")
+RECORD_OPTIONS = ("context_tokens", "distinct_values", "n_distractors", "n_facts", "n_templates", "target_position")
 N_CHOICES = 5
 
 
 @register_task("synthetic-records", options=RECORD_OPTIONS)
 def synthetic_records(size: int | None = 8, seed: int = 0, split: str | None = None, *, context_tokens: int = 350,
                       n_distractors: int = 1, n_facts: int = 2, n_templates: int = 4,
-                      target_position: str = "first") -> list[Sample]:
+                      target_position: str = "first", distinct_values: int = 0) -> list[Sample]:
     """Fictional patient records with five-option questions about the "Record of interest" (LongHealth-like).
 
     A context is the target record (titled "Record of interest", `is_gold=True`) plus `n_distractors` records
@@ -440,6 +440,11 @@ def synthetic_records(size: int | None = 8, seed: int = 0, split: str | None = N
     perfect summary must carry `answer_entropy_bits` = log2 5 ≈ 2.32 bits about the answer given the question and
     choices; the whole target record carries `record_fact_bits` bits (exact entropy of its independently, uniformly
     drawn fields; see `record_fact_bits`), an upper bound for what the context can tell about the target record.
+
+    `distinct_values` = k > 0 makes every group hold only k distinct contexts: the group's r-th sample is a copy
+    (new id, same documents, answer and choices) of its (r mod k)-th, so I(X;Z|Q) over a group of N contexts is at
+    most log2 k (exactly H of the k values' shares, = log2 k when k divides N), whatever the compressor. The copies
+    say `meta["copy_of"]`; 0 (default) draws every context afresh.
     """
     task = "synthetic-records"
     size = _size(task, size)
@@ -447,6 +452,7 @@ def synthetic_records(size: int | None = 8, seed: int = 0, split: str | None = N
     n_distractors = _int_opt(task, "n_distractors", n_distractors, 0, 50)
     n_facts = _int_opt(task, "n_facts", n_facts, 1, min(len(DIAGNOSES), len(MEDICATIONS), len(DIAGNOSIS_YEARS)))
     n_templates = _int_opt(task, "n_templates", n_templates, 1, len(RECORD_TEMPLATES))
+    distinct_values = _int_opt(task, "distinct_values", distinct_values, 0)
     if target_position not in ("first", "random"):
         raise UserError(f"task.options.target_position: task '{task}' needs 'first' or 'random', "
                         f"got {target_position!r}")
@@ -456,6 +462,11 @@ def synthetic_records(size: int | None = 8, seed: int = 0, split: str | None = N
     for i in range(size):
         tpl = RECORD_TEMPLATES[i % n_templates]
         sid = f"{task}/{split or 'test'}/{seed}/{i:05d}"
+        r = i // n_templates  # position within the group
+        if distinct_values and r >= distinct_values:
+            src = samples[i - (r - r % distinct_values) * n_templates]
+            samples.append(replace(src, id=sid, meta={**src.meta, "copy_of": src.id}))
+            continue
         target = _draw_patient(rng, n_facts)
         others: list[_Patient] = []
         while len(others) < n_distractors:
