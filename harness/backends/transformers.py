@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import gc
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,6 +175,83 @@ def _torch_dtype(dtype: str):
     return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "auto": "auto"}[dtype]
 
 
+# Every logits processor's neutral value, passed on every generate call (greedy too): transformers 5 fills a None
+# field from the model's generation_config (Qwen2.5: repetition_penalty 1.05, top_k 20, top_p 0.8), then from its
+# global defaults (top_k 50). Decoding is always greedy (do_sample=False) and `SeededSampler` does the sampling, so
+# the sampling-only warpers (top_k, min_p, top_h, ...) are never built; the fields whose neutral value is None
+# (bad_words_ids, suppress_tokens, forced_*_token_id, sequence_bias, ...) are kept None by `_bare_generation_config`.
+NEUTRAL_GENERATION: dict[str, Any] = {
+    "do_sample": False, "num_beams": 1, "temperature": 1.0, "top_p": 1.0, "typical_p": 1.0, "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0, "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0, "length_penalty": 1.0, "min_length": 0,
+    "guidance_scale": 1.0, "renormalize_logits": False, "remove_invalid_values": False,
+}
+# what a call keeps of the model's own generation_config: special tokens and cache settings, nothing that shapes logits
+_GEN_KEEP = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "use_cache",
+             "cache_implementation", "cache_config")
+
+
+@contextlib.contextmanager
+def _bare_generation_config(model: Any) -> Iterator[None]:
+    """Within the block `model.generation_config` holds only special tokens and cache settings, so nothing else in
+    the model's generation_config.json (penalties, bad words, suppressed tokens, assisted decoding) reaches a call."""
+    from transformers import GenerationConfig
+
+    saved = model.generation_config
+    model.generation_config = GenerationConfig(
+        **{k: getattr(saved, k) for k in _GEN_KEEP if getattr(saved, k, None) is not None}
+    )
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
+def draw_tokens(logits: Any, u: Any, temperature: float, top_k: int = 0, top_p: float = 1.0) -> Any:
+    """One token per row of `logits` (batch, vocab) from softmax(logits / temperature), by inverse CDF at `u` (batch,).
+
+    Float64 throughout, so a 150k-token CDF is exact to ~1e-13 and a token of probability 0 is never drawn.
+    `top_k` > 0 and `top_p` < 1 cut the distribution (as transformers' warpers do) only when a request asks for it.
+    """
+    import torch
+
+    p = torch.softmax(logits.double() / temperature, -1)
+    if 0 < top_k < p.shape[-1]:
+        p = torch.where(p >= torch.topk(p, top_k, -1).values[:, -1:], p, 0.0)
+    if top_p < 1.0:
+        sp, si = torch.sort(p, -1, descending=True)
+        drop = (sp.cumsum(-1) - sp) >= top_p * sp.sum(-1, keepdim=True)
+        p = p.scatter(-1, si, sp.masked_fill(drop, 0.0))
+    cdf = p.cumsum(-1)
+    total = cdf[:, -1:]
+    target = torch.minimum(u.double().reshape(-1, 1) * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=p.shape[-1] - 1)
+
+
+class SeededSampler:
+    """A logits processor that samples: row r's next token is drawn with its own `torch.Generator(seeds[r])`, and
+    every other token is masked to -inf, so greedy decoding (do_sample=False) emits the draw.
+
+    Why not transformers' sampling: `torch.manual_seed` once per batch makes a draw depend on which requests share
+    the batch, and its warpers follow the model's generation_config. Here each row takes exactly one uniform per
+    step from its own generator, so a request's tokens depend only on its seed and its own logits (rows with
+    different seeds batch together), and no warper runs unless the request sets top_k/top_p itself.
+    """
+
+    def __init__(self, seeds: list[int], temperature: float, device: Any, top_k: int = 0, top_p: float = 1.0):
+        import torch
+
+        self.gens = [torch.Generator(device=torch.device(device)).manual_seed(int(s)) for s in seeds]
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        u = torch.stack([torch.rand((), generator=g, dtype=torch.float64, device=g.device) for g in self.gens])
+        tok = draw_tokens(scores, u.to(scores.device), self.temperature, self.top_k, self.top_p)
+        return torch.full_like(scores, float("-inf")).scatter_(1, tok[:, None], 0.0)
+
+
 class TransformersBackend:
     """A causal LM through transformers. Loads lazily; `close()` frees it."""
 
@@ -292,8 +372,13 @@ class TransformersBackend:
 
     # ---- generate ----
     def generate(self, requests: list[GenRequest]) -> list[Generation]:
+        """Greedy (temperature 0) or sampled generation; every logits processor is neutral unless asked for.
+
+        Sampling draws from the full softmax(logits / temperature) with each request's own seed (`SeededSampler`),
+        whatever else shares its batch; `logprobs` are those of the full distribution at temperature 1.
+        """
         import torch
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig, LogitsProcessorList
 
         if not requests:
             return []
@@ -302,11 +387,12 @@ class TransformersBackend:
         STATS["generate_requests"] += len(requests)
         prompts = [self._prompt_ids(r.message_dicts() or None, r.prompt) for r in requests]
         out: list[Generation | None] = [None] * len(requests)
-        # batch requests with identical params (seed included) so sampling is reproducible per batch
-        order = sorted(range(len(requests)), key=lambda i: (repr(requests[i].params), len(prompts[i])))
+        # batch requests whose params differ at most in the seed: each row samples with its own generator
+        key = [dataclasses.replace(r.params, seed=0) for r in requests]
+        order = sorted(range(len(requests)), key=lambda i: (repr(key[i]), len(prompts[i])))
         batches: list[list[int]] = []
         for i in order:
-            if batches and len(batches[-1]) < self.batch_size and requests[batches[-1][0]].params == requests[i].params:
+            if batches and len(batches[-1]) < self.batch_size and key[batches[-1][0]] == key[i]:
                 batches[-1].append(i)
             else:
                 batches.append([i])
@@ -321,21 +407,22 @@ class TransformersBackend:
                 ids[r, width - n :] = torch.tensor(prompts[i])
                 att[r, width - n :] = 1
             cfg = GenerationConfig(
+                **NEUTRAL_GENERATION,
                 max_new_tokens=p.max_new_tokens,
-                do_sample=p.temperature > 0,
-                temperature=p.temperature if p.temperature > 0 else None,
-                top_p=p.top_p if p.temperature > 0 and p.top_p < 1 else None,
-                top_k=p.top_k if p.temperature > 0 and p.top_k > 0 else None,
                 eos_token_id=sorted(self.eos_ids),
                 pad_token_id=pad,
                 return_dict_in_generate=True,
                 output_logits=p.logprobs,
             )
-            torch.manual_seed(p.seed)
+            procs = LogitsProcessorList()
+            if p.temperature > 0:
+                seeds = [requests[i].params.seed for i in b]
+                procs.append(SeededSampler(seeds, p.temperature, self.device, top_k=p.top_k, top_p=p.top_p))
             t = time.time()
-            with torch.inference_mode():
+            with torch.inference_mode(), _bare_generation_config(self.model):
                 res = self.model.generate(
-                    input_ids=ids.to(self.device), attention_mask=att.to(self.device), generation_config=cfg
+                    input_ids=ids.to(self.device), attention_mask=att.to(self.device), generation_config=cfg,
+                    logits_processor=procs,
                 )
             dt = (time.time() - t) / len(b)
             seqs = res.sequences[:, width:].tolist()
