@@ -253,16 +253,26 @@ class OpenAIBackend:
 
     def _generate_one(self, r: GenRequest) -> Generation:
         p = r.params
+        # Every sampling processor is neutral unless the request asks for it (MI needs the plain softmax): top_p
+        # and OpenAI's penalties always; llama.cpp's server (defaults top_k 40, min_p 0.05, repeat_penalty 1.1) and
+        # vLLM's (top_k, min_p, repetition_penalty from the model's generation_config) take theirs in extra_body.
+        # top_k 0 is "off" for both (a vLLM older than 2025 answers 0 with a 400: an error row, never a warped
+        # draw). OpenAI's own API refuses unknown fields with a 400, so it gets no extra_body fields it lacks.
         kw: dict[str, Any] = {
             "model": self.name,
             "max_tokens": p.max_new_tokens,
             "temperature": p.temperature,
             "top_p": p.top_p,
+            "presence_penalty": 0.0,
+            "frequency_penalty": 0.0,
             "seed": p.seed,
         }
         if p.stop:
             kw["stop"] = list(p.stop)
-        if p.top_k:
+        host = self.client.base_url.host or ""
+        if host != "api.openai.com" and not host.endswith(".openai.azure.com"):
+            kw["extra_body"] = {"top_k": p.top_k, "min_p": 0.0, "repeat_penalty": 1.0, "repetition_penalty": 1.0}
+        elif p.top_k:
             kw["extra_body"] = {"top_k": p.top_k}
         t = time.time()
         try:

@@ -118,12 +118,20 @@ class VLLMBackend:
         for r in requests:
             p = r.params
             prompts.append(TokensPrompt(prompt_token_ids=self._prompt_ids(r.message_dicts() or None, r.prompt)))
+            # Every processor's neutral value explicitly. `LLM.generate` given SamplingParams uses them as they are:
+            # the model's generation_config (engine arg generation_config="auto") only fills the defaults of
+            # `LLM.get_default_sampling_params()`, used when no SamplingParams is passed, and its eos ids.
+            # top_k -1 is "off" in every vLLM (since 2025 0 is too; older versions reject 0).
             params.append(
                 SamplingParams(
                     max_tokens=p.max_new_tokens,
                     temperature=p.temperature,
                     top_p=p.top_p,
                     top_k=p.top_k if p.top_k > 0 else -1,
+                    min_p=0.0,
+                    presence_penalty=0.0,
+                    frequency_penalty=0.0,
+                    repetition_penalty=1.0,
                     seed=p.seed,
                     logprobs=1 if p.logprobs else None,
                     stop=list(p.stop) or None,
