@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -50,12 +52,22 @@ def compression_knob_hash(cfg: RunConfig) -> str:
     return knob_hash(compression_knobs(cfg))
 
 
-def sampling_params(cfg: RunConfig, j: int) -> GenParams:
-    """Plain sampling (no top-k/top-p/min-p) at the MI temperature; seed differs per sample number j."""
+def sample_seed(seed: int, sample_id: str, j: int) -> int:
+    """The seed of MI compression j of one sample: a stable hash of (run seed, sample id, j), below 2**31.
+
+    Every (sample, j) gets its own draw, so compressions of different contexts are independent; 31 bits fit
+    every backend's seed field (llama.cpp's is 32-bit) and the store's integer column.
+    """
+    h = hashlib.blake2b(json.dumps([int(seed), str(sample_id), int(j)]).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") & 0x7FFFFFFF
+
+
+def sampling_params(cfg: RunConfig, sample_id: str, j: int) -> GenParams:
+    """Plain sampling (no top-k/top-p/min-p) at the MI temperature, seeded per (sample, j) by `sample_seed`."""
     assert cfg.mi is not None
     g = cfg.generation.compressor
     return GenParams(max_new_tokens=g.max_new_tokens, temperature=cfg.mi.temperature, top_p=1.0, top_k=0,
-                     seed=cfg.seed * 1000 + j)
+                     seed=sample_seed(cfg.seed, sample_id, j))
 
 
 def compress_stage(cfg: RunConfig, be: Any, samples: list[Sample], writer: Any, usage: dict[str, float],
@@ -67,14 +79,15 @@ def compress_stage(cfg: RunConfig, be: Any, samples: list[Sample], writer: Any, 
     mi = cfg.mi
     predictor_kind = "sample" if (mi is not None and mi.predictor_reads == "sample0") else "greedy"
     greedy = params_from(cfg.generation.compressor, cfg.seed)
-    variants: list[tuple[str, int, GenParams]] = []
+    variants: list[tuple[str, int]] = []
     if want_arm and predictor_kind == "greedy":
-        variants.append(("greedy", 0, greedy))
+        variants.append(("greedy", 0))
     if mi is not None:
-        variants += [("sample", j, sampling_params(cfg, j)) for j in range(mi.samples_per_context)]
+        variants += [("sample", j) for j in range(mi.samples_per_context)]
     out = CompressOutput({}, {}, {}, {}, predictor_kind)
     khash = compression_knob_hash(cfg)
     jobs: list[tuple[CompKey, GenRequest]] = []
+    seeds: dict[CompKey, int] = {}
     for idx, s in enumerate(samples):
         out.context_tokens[idx] = be.count_tokens(s.context)
 
@@ -87,7 +100,9 @@ def compress_stage(cfg: RunConfig, be: Any, samples: list[Sample], writer: Any, 
             out.errors[idx] = err
             writer.write("errors", {"sample_id": s.id, "stage": "compress", "error": err})
             continue
-        for kind, j, p in variants:
+        for kind, j in variants:
+            p = greedy if kind == "greedy" else sampling_params(cfg, s.id, j)
+            seeds[CompKey(idx, kind, j)] = p.seed
             jobs.append((CompKey(idx, kind, j), dataclasses.replace(req, params=p)))
 
     def on_done(key: CompKey, g: Generation) -> None:
@@ -96,7 +111,7 @@ def compress_stage(cfg: RunConfig, be: Any, samples: list[Sample], writer: Any, 
         writer.write("compressions", {
             "sample_id": samples[key.idx].id, "compressor": mc.model, "kind": key.kind, "j": key.j,
             "knob_hash": khash,
-            "seed": greedy.seed if key.kind == "greedy" else cfg.seed * 1000 + key.j,
+            "seed": seeds[key],
             "text": g.text, "token_ids": g.token_ids, "n_tokens": len(g.token_ids) or g.usage.completion_tokens,
             "context_tokens": out.context_tokens[key.idx], "truncated_prompt": out.truncated[key.idx],
             "finish_reason": g.finish_reason, "usage": asdict(g.usage), "error": g.error})

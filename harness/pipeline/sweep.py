@@ -322,13 +322,13 @@ class Sweep:
             self.cache.close()
 
     # ---- stage 1: compress (and MI scored by the compressor itself) ----
-    def _variants(self, rc: RunConfig) -> list[tuple[str, int, Any]]:
+    def _variants(self, rc: RunConfig, sample_id: str) -> list[tuple[str, int, Any]]:
         out = []
         greedy = params_from(rc.generation.compressor, rc.seed)
         if "compressed" in rc.arms and (rc.mi is None or rc.mi.predictor_reads == "greedy"):
             out.append(("greedy", -1, greedy))
         if rc.mi is not None:
-            out += [("sample", j, sampling_params(rc, j)) for j in range(rc.mi.samples_per_context)]
+            out += [("sample", j, sampling_params(rc, sample_id, j)) for j in range(rc.mi.samples_per_context)]
         return out
 
     def _stored_ok(self, row: Any) -> bool:
@@ -345,9 +345,8 @@ class Sweep:
             jobs: list[tuple[tuple[Any, ...], GenRequest]] = []
             for u in units:
                 rc = u.cfg
-                variants = self._variants(rc)
                 for s in self.samples[u.task_key]:
-                    todo = [(kind, j, prm) for kind, j, prm in variants
+                    todo = [(kind, j, prm) for kind, j, prm in self._variants(rc, s.id)
                             if not self._stored_ok(self.store.find_compression(
                                 compressor_model_id=mid, task=rc.task.name, sample_id=s.id, knob_hash=u.knob_hash,
                                 sample_index=j, seed=prm.seed))]
@@ -410,7 +409,7 @@ class Sweep:
             for j in range(rc.mi.samples_per_context):
                 row = self.store.find_compression(compressor_model_id=mid, task=rc.task.name, sample_id=s.id,
                                                   knob_hash=u.knob_hash, sample_index=j,
-                                                  seed=sampling_params(rc, j).seed)
+                                                  seed=sampling_params(rc, s.id, j).seed)
                 if row is not None:
                     out.results[CompKey(idx, "sample", j)] = row.to_generation()
         return out
@@ -455,7 +454,7 @@ class Sweep:
         mid = self._model_id(u.compressor, "sweep.compressors")
         sample0 = rc.mi is not None and rc.mi.predictor_reads == "sample0"
         j = 0 if sample0 else -1
-        seed = sampling_params(rc, 0).seed if sample0 else rc.seed
+        seed = sampling_params(rc, s.id, 0).seed if sample0 else rc.seed
         row = self.store.find_compression(compressor_model_id=mid, task=rc.task.name, sample_id=s.id,
                                           knob_hash=u.knob_hash, sample_index=j, seed=seed)
         if row is None:
