@@ -44,8 +44,13 @@ def cacheable(result: Generation | ScoreResult) -> bool:
     return result.error is None and getattr(result, "finish_reason", "") not in UNCACHEABLE_FINISH
 
 
+#: bumped when what a backend does with the same model and request changes (2: generation sets every logits
+#: processor to its neutral value and samples per request seed; scoring appends the template's end of turn)
+BEHAVIOUR_VERSION = 2
+
+
 def cache_key(kind: str, identity: ModelIdentity, request: dict[str, Any]) -> str:
-    return stable_hash({"kind": kind, "identity": identity.key(), "request": request})
+    return stable_hash({"kind": kind, "identity": identity.key(), "request": request, "v": BEHAVIOUR_VERSION})
 
 
 class ResponseCache:
