@@ -61,7 +61,7 @@ def _mi_groups(cfg: RunConfig, scorer: Any, scorer_label: str, compressor_identi
             "scorer": scorer_label, "scorer_identity": ident.key(), "mode": mi.mode, "samples_per_context": m,
             "knob_hash": compression_knob_hash(cfg),
             "sampling": {"temperature": mi.temperature, "top_p": 1.0, "top_k": 0}}
-    ok_logp, ok_tokens, fwd, lower, errors = [], [], 0, 0, []
+    ok_logp, ok_tokens, fwd, lower, errors, toks = [], [], 0, 0, [], set()
     ctx_terms: list[dict[str, dict[str, float | None]]] = []
     for g in groups:
         gid = samples[g[0]].group_id if mi.mode != "paper" else "all"
@@ -87,7 +87,10 @@ def _mi_groups(cfg: RunConfig, scorer: Any, scorer_label: str, compressor_identi
             errors.append(gl.error)
             writer.write("mi", row)
             continue
-        est = estimate_mi(gl.logp, n_boot=mi.n_boot, seed=cfg.seed, scorer_is_sampler=exact, plain_sampling=plain)
+        # the upper bound needs the sampler's exact ids: a compressor without ids (a server) is scored as text
+        toks.add(gl.tokenization)
+        est = estimate_mi(gl.logp, n_boot=mi.n_boot, seed=cfg.seed,
+                          scorer_is_sampler=gl.tokenization == "exact-ids", plain_sampling=plain)
         mean_tok = float(gl.tokens.mean())
         row.update(est.to_dict())
         row.pop("pointwise_bits", None)
@@ -109,7 +112,7 @@ def _mi_groups(cfg: RunConfig, scorer: Any, scorer_label: str, compressor_identi
     elif errors:
         overall["error"] = f"{len(errors)} of {len(groups)} group estimates failed: {errors[0]}"
     else:
-        est = estimate_mi_groups(ok_logp, n_boot=mi.n_boot, seed=cfg.seed, scorer_is_sampler=exact,
+        est = estimate_mi_groups(ok_logp, n_boot=mi.n_boot, seed=cfg.seed, scorer_is_sampler=toks == {"exact-ids"},
                                  plain_sampling=plain)
         mean_tok = float(np.concatenate([t.ravel() for t in ok_tokens]).mean())
         bpt = bits_per_token(est.bits, mean_tok)
@@ -122,7 +125,7 @@ def _mi_groups(cfg: RunConfig, scorer: Any, scorer_label: str, compressor_identi
             "saturated_fraction": est.saturated_fraction, "n_contexts": sum(len(x) for x in ok_logp),
             "mean_tokens": mean_tok, "rate_bits": est.bits, "bits_per_token": bpt,
             "bits_per_token_is_lower_bound": est.saturated_fraction >= 0.5,
-            "tokenization": "exact-ids" if exact else "proxy",
+            "tokenization": "+".join(sorted(toks)),
             "forwarded_tokens": fwd, "lower_bound_tokens": lower,
             "forwarded_ratio": (fwd / lower) if lower else None, "error": None})
     writer.write("mi", overall)
