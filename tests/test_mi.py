@@ -565,3 +565,16 @@ def test_paired_difference_by_hand_and_edge_cases() -> None:
         paired_mi_difference([np.inf], [0.0])
     with pytest.raises(ValueError):
         paired_mi_difference(a, b, a_var=[0.1] * 3, b_var=[0.1] * 4, m_a=2, m_b=2)
+
+
+def test_run_table_mi_cell_shows_both_intervals() -> None:
+    """`harness run`'s MI cell: bits ±MC se [pop lo, hi]; '±n/a MC' with one draw per context or an old row."""
+    from harness.pipeline.run import mi_bits_cell
+
+    e = estimate_mi(_good(4, 3), n_boot=50)
+    d = e.to_dict()
+    assert mi_bits_cell(d) == f"{e.bits:.3f} ±{e.mc_se_bits:.3f} MC [pop {e.ci[0]:.3f}, {e.ci[1]:.3f}]"
+    d1 = estimate_mi(_good(4, 1), n_boot=50).to_dict()
+    assert " ±n/a MC [pop " in mi_bits_cell(d1)
+    old = {"bits": 1.0, "ci": [0.5, 1.5]}  # a row written before the MC error was kept
+    assert mi_bits_cell(old, ".2f") == "1.00 ±n/a MC [pop 0.50, 1.50]"

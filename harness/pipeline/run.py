@@ -355,6 +355,18 @@ def _accuracy_cell(r: dict[str, Any]) -> str:
     return _f(r["accuracy"], ".3f") + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
+def mi_bits_cell(r: dict[str, Any], spec: str = ".3f") -> str:
+    """MI bits with both intervals: "2.510 ±0.020 MC [pop 2.250, 2.770]".
+
+    ±: Monte Carlo standard error given these contexts (compare compressors on the same contexts with it; "n/a"
+    with one draw per context); [pop lo, hi]: the 95% population interval, resampling contexts.
+    """
+    mc = r.get("mc_se_bits")
+    ci = r.get("population_ci") or r.get("ci")
+    out = format(r["bits"], spec) + (f" ±{format(mc, spec)} MC" if mc is not None else " ±n/a MC")
+    return out + (f" [pop {format(ci[0], spec)}, {format(ci[1], spec)}]" if ci else "")
+
+
 def format_table(summary: dict[str, Any]) -> str:
     """A markdown table: accuracy (errors), summary tokens, token_ratio, tokens and seconds per role."""
     head = [
@@ -410,7 +422,8 @@ def format_table(summary: dict[str, Any]) -> str:
     if "compressed" in [r["arm"] for r in summary["rows"]] and summary.get("predictor_reads"):
         lines.append(f"compressed arm: the predictor read {summary['predictor_reads']}")
     if summary.get("mi"):
-        head = "| MI scorer | groups | contexts | M | bits (95% CI) | upper | bits/token | saturated | fwd ratio |"
+        head = ("| MI scorer | groups | contexts | M | bits ±MC se [pop 95% CI] | upper | bits/token | saturated "
+                "| fwd ratio |")
         lines += ["", head, "|---|---|---|---|---|---|---|---|---|"]
         for r in summary["mi"]:
             if r.get("error"):
@@ -422,6 +435,8 @@ def format_table(summary: dict[str, Any]) -> str:
             ratio = _f(r["forwarded_ratio"], ".2f")
             lines.append(
                 f"| {r['scorer']} ({r['tokenization']}) | {r['n_groups_ok']} | {r['n_contexts']} | "
-                f"{r['samples_per_context']} | {r['bits']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | {up} | "
+                f"{r['samples_per_context']} | {mi_bits_cell(r)} | {up} | "
                 f"{r['bits_per_token']:.4f}{lb} | {r['saturated_fraction']:.2f} | {ratio} |")
+        lines.append("MI: ±MC = Monte Carlo standard error given these contexts (use it to compare compressors on "
+                     "the same contexts); [pop lo, hi] = 95% interval resampling contexts")
     return "\n".join(lines) + "\n"
