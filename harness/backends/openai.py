@@ -3,8 +3,10 @@
 Generation through chat or completions; generated-token log-probs where the server
 gives them; prompt log-probs through `echo`+`logprobs` (or vLLM's `prompt_logprobs`).
 A server's prompt scoring is checked once against its own generation log-probs on a
-known text, and refused when they disagree (llama.cpp's `echo` is off by one for
-models whose prompt has no BOS token).
+known text, and refused when they disagree (llama-cpp-python's `echo` is off by one for
+prompts that do not start with the model's BOS id). With a local tokenizer, the server's
+chat rendering is checked once against the local template (`check_chat_render`): scores
+render chat prefixes locally, so a mismatch refuses them under `api: chat`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import email.utils
 import json
 import os
 import random
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +30,15 @@ from harness.store.redact import redact_text, redact_url, register_secret
 CHECK_PROMPT = "The history of the printing press begins in the fifteenth century, when"
 CHECK_TOKENS = 32
 CHECK_TOLERANCE_NATS = 0.1
+#: chats sent once through the server's chat endpoint and, rendered by the local template, through completions:
+#: one without a system message (templates differ most in the default system prompt they add) and one with
+CHAT_PROBES: tuple[tuple[tuple[str, str], ...], ...] = (
+    (("user", "Name three colours."),),
+    (("system", "You answer in one word."), ("user", "Name a colour.")),
+)
+#: the same prompt tokens on the same server give the same first-token log-prob; a different rendering moves it
+#: far more (measured on llama-cpp-python: |Δ| 0.000 for the same rendering)
+CHAT_RENDER_TOLERANCE_NATS = 0.02
 
 
 class ScoringRefused(UserError):
@@ -195,6 +207,11 @@ class OpenAIBackend:
         )
         self._check: dict[str, Any] | None = None
         self._check_lock = threading.Lock()
+        self._chat_check: dict[str, Any] | None = None
+        self._chat_last: dict[str, Any] | None = None
+        self._chat_lock = threading.Lock()
+        self._chat_warned = False
+        self._prompt_counts: dict[str, int] = {}
 
     def identity(self) -> ModelIdentity:
         """The server (its URL without credentials: a rotated key keeps the identity) and the model name."""
@@ -312,15 +329,115 @@ class OpenAIBackend:
         return self.tokenizer.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def generate(self, requests: list[GenRequest]) -> list[Generation]:
+        if self.api == "chat" and self.tokenizer is not None and any(r.messages for r in requests):
+            self._warn_if_chat_render_differs()
         STATS["generate_calls"] += 1
         STATS["generate_requests"] += len(requests)
         with ThreadPoolExecutor(self.max_concurrency) as ex:
             return list(ex.map(self._generate_one, requests))
 
+    # ---- chat rendering: the server's against the local template ----
+    @property
+    def chat_render_check(self) -> dict[str, Any] | None:
+        """The latest `check_chat_render` result (None before it has run): `ok`, `reason`, per-probe counts."""
+        return self._chat_check or self._chat_last
+
+    def check_chat_render(self) -> dict[str, Any]:
+        """Whether the server renders chat messages as the local `tokenizer`'s template does (probed once, cached).
+
+        Each chat of CHAT_PROBES goes to the server's chat endpoint and, rendered by the local template, to its
+        completions endpoint, for one greedy token with log-probs. One rendering is one prompt: the server counts
+        the same prompt tokens both ways, the local tokenizer counts as many, and the first token gets the same
+        log-prob. `ok` is None without a local tokenizer, False when a probe differs or fails (a failed probe is
+        not cached: the next call probes again).
+        """
+        with self._chat_lock:
+            if self._chat_check is not None:
+                return self._chat_check
+            if self.tokenizer is None:
+                return {"ok": None, "reason": "no local tokenizer: the server renders every chat", "probes": []}
+            probes: list[dict[str, Any]] = []
+            try:
+                for msgs in CHAT_PROBES:
+                    probes.append(self._chat_probe(msgs))
+            except Exception as e:
+                self._chat_last = {"ok": False, "reason": f"the probe failed: {self._error_text(e)}", "probes": probes}
+                return self._chat_last
+            problems = [x for p in probes for x in p.pop("problems")]
+            same = ", ".join(
+                f"{p['local_prompt_tokens']} prompt tokens"
+                + (f" and first-token |Δ| {p['abs_diff_nats']:.3f} nats" if p["abs_diff_nats"] is not None else "")
+                for p in probes
+            )
+            self._chat_check = {
+                "ok": not problems,
+                "reason": problems[0] if problems else f"the same rendering ({same})",
+                "probes": probes,
+            }
+            return self._chat_check
+
+    def _chat_probe(self, msgs: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+        """One probe chat through the chat endpoint and, rendered locally, through completions; what differs."""
+        dicts = [{"role": a, "content": c} for a, c in msgs]
+        kw: dict[str, Any] = {"model": self.name, "max_tokens": 1, "temperature": 0.0}
+        chat = self._call(self.client.chat.completions.create, messages=dicts, logprobs=True, top_logprobs=5, **kw)
+        comp = self._call(self.client.completions.create, prompt=self._render(dicts), logprobs=5, **kw)
+        local = self.tokenizer.count_prompt_tokens(GenRequest(messages=msgs))
+        n_chat = chat.usage.prompt_tokens if chat.usage else None
+        n_comp = comp.usage.prompt_tokens if comp.usage else None
+        roles = "+".join(a for a, _ in msgs)
+        out: dict[str, Any] = {
+            "roles": roles,
+            "server_chat_prompt_tokens": n_chat,
+            "server_completions_prompt_tokens": n_comp,
+            "local_prompt_tokens": local,
+            "first_token": None,
+            "abs_diff_nats": None,
+            "problems": [],
+        }
+        if not (n_chat == n_comp == local):
+            out["problems"].append(
+                f"a {roles} chat is {n_chat} prompt tokens as the server renders it, {local} as the local template "
+                f"renders it ({n_comp} when the server reads that rendering through completions)"
+            )
+        c_lp, o_lp = chat.choices[0].logprobs, comp.choices[0].logprobs
+        content = getattr(c_lp, "content", None) if c_lp is not None else None
+        tops = getattr(o_lp, "top_logprobs", None) if o_lp is not None else None
+        if content and tops and tops[0]:
+            tok, lp = content[0].token, float(content[0].logprob)
+            out["first_token"] = tok
+            other = tops[0].get(tok)
+            if other is None:
+                out["problems"].append(
+                    f"after a {roles} chat the chat endpoint's first token {tok!r} is not in the top 5 of completions "
+                    "of the local rendering"
+                )
+            else:
+                out["abs_diff_nats"] = abs(lp - float(other))
+                if out["abs_diff_nats"] > CHAT_RENDER_TOLERANCE_NATS:
+                    out["problems"].append(
+                        f"after a {roles} chat the first token {tok!r} gets {lp:.3f} nats through the chat endpoint "
+                        f"and {float(other):.3f} through completions of the local rendering"
+                    )
+        return out
+
+    def _warn_if_chat_render_differs(self) -> None:
+        """One stderr line, once, when `api: chat` generation and local rendering (scoring, counting) disagree."""
+        chk = self.check_chat_render()
+        if chk["ok"] is False and not self._chat_warned:
+            self._chat_warned = True
+            print(
+                f"warning: openai/{self.name}: the server's chat rendering differs from the local tokenizer's "
+                f"template ({chk['reason']}); generations use the server's rendering, scores and token counts the "
+                "local one; set api: completions to render every prompt locally",
+                file=sys.stderr,
+            )
+
     # ---- scoring ----
-    def _echo_logprobs(self, text: str) -> tuple[list[float | None], list[int]]:
+    def _echo(self, text: str) -> Any:
+        """The server's completion of one greedy token after `text`, with `text` echoed with its log-probs."""
         extra = {"extra_body": {"prompt_logprobs": 0}} if self.scoring == "vllm-prompt-logprobs" else {}
-        resp = self._call(
+        return self._call(
             self.client.completions.create,
             model=self.name,
             prompt=text,
@@ -330,16 +447,76 @@ class OpenAIBackend:
             logprobs=1,
             **extra,
         )
-        lp = resp.choices[0].logprobs
-        return list(lp.token_logprobs), list(lp.text_offset)
 
-    def _span_logprobs(self, prefix: str, continuation: str) -> list[float]:
-        full = prefix + continuation
-        lps, offs = self._echo_logprobs(full)
-        vals = [v for v, o in zip(lps, offs, strict=False) if len(prefix) <= o < len(full)]
-        if any(v is None for v in vals) or (not vals and continuation):
+    def _prompt_tokens(self, text: str) -> int:
+        """How many tokens the server counts in `text` as a completions prompt (`usage.prompt_tokens`; cached)."""
+        n = self._prompt_counts.get(text)
+        if n is None:
+            resp = self._call(
+                self.client.completions.create, model=self.name, prompt=text, max_tokens=1, temperature=0.0
+            )
+            if not resp.usage:
+                raise RuntimeError("the server reports no usage.prompt_tokens, so the scored span cannot be placed")
+            if len(self._prompt_counts) >= 4096:
+                self._prompt_counts.clear()
+            n = self._prompt_counts[text] = int(resp.usage.prompt_tokens)
+        return n
+
+    def _span_logprobs(self, prefix: str, continuation: str, eot: str | None = None) -> list[float]:
+        """Echo log-probs of the tokens of `continuation` after `prefix`, then of `eot`, the text of an end-of-turn
+        token, which must come back as exactly one token.
+
+        The span is the last n(prefix + continuation + eot) − n(prefix) echoed prompt tokens, counted by the
+        server's `usage.prompt_tokens`, not placed by `text_offset`: llama-cpp-python measures its offsets on the
+        text with special tokens detokenised to '' and leaves out every token whose id is its BOS id (SmolLM2's
+        `<|im_start|>`), so offsets into a chat-rendered prompt fall short of the span.
+        """
+        full = prefix + continuation + (eot or "")
+        n_pre = self._prompt_tokens(prefix)
+        resp = self._echo(full)
+        ch = resp.choices[0]
+        if not resp.usage or ch.logprobs is None:
+            raise RuntimeError("the server returned no usage or no log-probs for an echo request")
+        entries = list(zip(ch.logprobs.tokens, ch.logprobs.token_logprobs, strict=False))
+        gen = resp.usage.completion_tokens or 0
+        text = ch.text or ""
+        if gen and text.startswith(full) and "".join(t for t, _ in entries[len(entries) - gen :]) != text[len(full) :]:
+            gen = 0  # llama-cpp-python leaves the generated token out when the prompt does not start with BOS
+        echoed = entries[: len(entries) - gen]
+        k = resp.usage.prompt_tokens - n_pre
+        if k <= 0:
+            raise RuntimeError("the continuation is zero tokens long: nothing to score")
+        if k > len(echoed):
+            raise RuntimeError(f"the server echoed {len(echoed)} prompt tokens, fewer than the span's {k}")
+        toks, vals = [t for t, _ in echoed[-k:]], [v for _, v in echoed[-k:]]
+        if any(v is None for v in vals):
             raise RuntimeError("server returned no log-probs for the continuation span")
+        s0 = toks[0]
+        whole = s0 and "\ufffd" not in s0 and not s0.startswith("bytes:")  # not a piece of a multi-byte character
+        if whole and not (continuation + (eot or "")).startswith(s0):
+            raise RuntimeError(
+                f"the span's first token {s0!r} does not start the continuation: prefix and continuation share a token"
+            )
+        if eot is not None and toks[-1] not in (eot, ""):
+            raise RuntimeError(
+                f"the end-of-turn text {eot!r} did not come back as one token (the span ends on {toks[-1]!r}): "
+                "the server does not read special tokens in prompts"
+            )
         return [float(v) for v in vals]
+
+    def _eot_text(self) -> str:
+        """The text of the local tokenizer's end-of-turn token (`<|im_end|>`), what `append_eos` scores.
+
+        Raises ValueError (an error result for that request) without a local tokenizer or an end-of-turn token.
+        """
+        if self.tokenizer is None:
+            raise ValueError(
+                "cannot score the end-of-turn token without a local tokenizer: set `tokenizer:` for this model"
+            )
+        eot = self.tokenizer.end_of_turn_id
+        if eot is None:
+            raise ValueError("the chat template puts no end-of-turn token after a reply; score without append_eos")
+        return self.tokenizer.tokenizer.decode([eot])
 
     def check_scoring(self) -> dict[str, Any]:
         """Compare echo log-probs of a generated text with the log-probs the server gave while generating it."""
@@ -356,7 +533,10 @@ class OpenAIBackend:
             )
             ch = resp.choices[0]
             gen = [float(x) for x in ch.logprobs.token_logprobs]
-            echo = self._span_logprobs(CHECK_PROMPT, ch.text)
+            try:
+                echo = self._span_logprobs(CHECK_PROMPT, ch.text)
+            except RuntimeError:  # the echo cannot even be aligned with the generated text
+                echo = []
             n = min(len(gen), len(echo))
             if n == 0:
                 mean_abs = float("inf")
@@ -376,6 +556,14 @@ class OpenAIBackend:
     def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
         if self.scoring == "off":
             raise ScoringRefused(f"openai/{self.name}: scoring is off for this model; set scoring: echo to enable")
+        if self.api == "chat" and self.tokenizer is not None and any(r.prefix is None for r in requests):
+            rc = self.check_chat_render()
+            if not rc["ok"]:
+                raise ScoringRefused(
+                    f"openai/{self.name}: the server's chat rendering differs from the local tokenizer's template "
+                    f"({rc['reason']}), so chat generations (api: chat) and scores (rendered locally) would read "
+                    "different prompts; set api: completions so that the harness renders every prompt itself"
+                )
         chk = self.check_scoring()
         if not chk["ok"]:
             raise ScoringRefused(
@@ -400,7 +588,10 @@ class OpenAIBackend:
                         raise UserError(f"openai/{self.name}: scoring token ids needs a local `tokenizer`")
                     self.tokenizer._load_tokenizer()
                     cont = self.tokenizer.tokenizer.decode(list(r.continuation_ids))
-                vals = self._span_logprobs(prefix, cont)
+                eot = self._eot_text() if r.append_eos and r.continuation_ids is None else None
+                if not cont and eot is None:
+                    raise ValueError("empty continuation: a scored span of zero tokens is an error, never 0 nats")
+                vals = self._span_logprobs(prefix, cont, eot)
             except UserError:
                 raise
             except Exception as e:
