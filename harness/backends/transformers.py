@@ -508,27 +508,32 @@ class TransformersBackend:
         pad = self.tokenizer.pad_token_id
         for s in range(0, len(order), bs):
             b = order[s : s + bs]
-            width = max(len(items[i][1]) for i in b)  # every continuation has ≥ 1 token (checked in `score`)
-            ids = torch.full((len(b), width), pad, dtype=torch.long)
-            att = torch.zeros((len(b), len(pre) + width), dtype=torch.long)
-            att[:, : len(pre)] = 1
-            for r, i in enumerate(b):
-                c = items[i][1]
-                ids[r, : len(c)] = torch.tensor(c, dtype=torch.long)
-                att[r, len(pre) : len(pre) + len(c)] = 1
-            kv = copy.deepcopy(cache)
-            kv.batch_repeat_interleave(len(b))
+            # every continuation has ≥ 1 token (checked in `score`); its last token is scored, never forwarded,
+            # so a batch of one-token continuations needs no forward pass beyond the prefix's
+            width = max(len(items[i][1]) for i in b) - 1
             t = time.time()
-            with torch.inference_mode():
-                logits = self.model(
-                    input_ids=ids.to(self.device), attention_mask=att.to(self.device), past_key_values=kv
-                ).logits
-            STATS["forwarded_tokens"] += ids.numel()
+            logits = None
+            if width > 0:
+                ids = torch.full((len(b), width), pad, dtype=torch.long)
+                att = torch.zeros((len(b), len(pre) + width), dtype=torch.long)
+                att[:, : len(pre)] = 1
+                for r, i in enumerate(b):
+                    c = items[i][1][:-1]
+                    ids[r, : len(c)] = torch.tensor(c, dtype=torch.long)
+                    att[r, len(pre) : len(pre) + len(c)] = 1
+                kv = copy.deepcopy(cache)
+                kv.batch_repeat_interleave(len(b))
+                with torch.inference_mode():
+                    logits = self.model(
+                        input_ids=ids.to(self.device), attention_mask=att.to(self.device), past_key_values=kv
+                    ).logits
+                STATS["forwarded_tokens"] += ids.numel()
             dt = (time.time() - t + t_pre * len(b) / len(idx)) / len(b)
             for r, i in enumerate(b):
                 c = items[i][1]
                 vals = [float(first[c[0]])]
                 if len(c) > 1:
+                    assert logits is not None
                     lp = torch.log_softmax(logits[r, : len(c) - 1].float(), -1)
                     vals += lp.gather(1, torch.tensor(c[1:], device=lp.device)[:, None])[:, 0].tolist()
                 out[i] = ScoreResult(list(c), vals, Usage(len(pre) + len(c), 0, dt))
