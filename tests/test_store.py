@@ -145,12 +145,43 @@ COUNTS = {
 
 def test_schema_created_with_version(url):
     with Store.open(url) as st:
-        assert st.schema_version() == SCHEMA_VERSION == 1
+        assert st.schema_version() == SCHEMA_VERSION == 2
         assert all(st.count(t) == 0 for t in TABLES)
         cols, rows = st.query(f"SELECT * FROM {VIEW_NAME}")
         assert "compressor" in cols and rows == []
     with Store.open(url) as st:  # reopening an existing store adds no version row
         assert st.query("SELECT COUNT(*) FROM schema_version")[1][0][0] == 1
+
+
+def test_v1_store_migrates_to_one_usage_row_per_call(url):
+    """A version-1 store (usage keyed by [call_kind, ref_id]) is upgraded: its rows stay, and a second call for the
+    same compression then adds a second usage row."""
+    from harness.store.db import Db, parse_url
+
+    with Store.open(url) as st:  # rebuild the v1 usage table and version
+        st.start_run(run_id="r", package_versions={})
+        mid = st.model_id(COMP)
+        cid = st.add_compression(compressor_model_id=mid, task="t", sample_id="s", knob_hash="k", text="a",
+                                 usage=Usage(4, 2, 0.1))
+        db = st._db
+        with db.transaction():
+            db.execute("DROP INDEX ux_usage_key")
+            db.execute("ALTER TABLE usage DROP COLUMN call_id")
+            db.execute("ALTER TABLE usage DROP COLUMN run_id")
+            db.execute("CREATE UNIQUE INDEX ux_usage_key ON usage (call_kind, ref_id)")
+            db.execute("DELETE FROM schema_version")
+            db.execute("INSERT INTO schema_version (version, applied_at) VALUES (1, 'x')")
+    db = Db.connect(parse_url(url), create=False)
+    with db.transaction():  # the v1 key refuses a second row for the same call_kind and ref_id
+        db.execute("INSERT INTO usage (call_kind, ref_id, created_at) VALUES ('compress', ?, 'x') "
+                   "ON CONFLICT DO NOTHING", (cid,))
+    db.close()
+    with Store.open(url) as st:
+        assert st.schema_version() == 2 and st.count("usage") == 1
+        st.add_compression(compressor_model_id=mid, task="t", sample_id="s", knob_hash="k", text="b",
+                           usage=Usage(4, 2, 0.1), run_id="r")
+        assert st.count("usage", call_kind="compress", ref_id=cid) == 2
+        assert st.find_compression(compressor_model_id=mid, task="t", sample_id="s", knob_hash="k").text == "a"
 
 
 def test_newer_schema_version_is_refused(url):
@@ -167,14 +198,14 @@ def test_migration_hook_runs_for_older_store(url, monkeypatch):
         st.start_run(run_id="r", package_versions={})
     calls = []
 
-    def v1_to_v2(db):
+    def v2_to_v3(db):
         calls.append(db.dialect)
         db.execute("ALTER TABLE runs ADD COLUMN note TEXT")
 
-    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(store_mod.MIGRATIONS, 1, v1_to_v2)
+    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 3)
+    monkeypatch.setitem(store_mod.MIGRATIONS, 2, v2_to_v3)
     with Store.open(url) as st:
-        assert st.schema_version() == 2 and len(calls) == 1
+        assert st.schema_version() == 3 and len(calls) == 1
         assert "note" in st.query("SELECT * FROM runs")[0] and st.count("runs") == 1
     with Store.open(url) as st:  # already migrated: the hook does not run again
         assert len(calls) == 1
@@ -208,7 +239,8 @@ def test_idempotent_inserts(url):
         ids = _populate(st)
         again = _populate(st)  # a resumed run repeating every write
         assert again == ids
-        assert {t: st.count(t) for t in TABLES} == COUNTS
+        # every row once, except usage: one row per call, and the repeat made every call again
+        assert {t: st.count(t) for t in TABLES} == {**COUNTS, "usage": 2 * COUNTS["usage"]}
         assert st.model_id(COMP) == ids["comp"]
         kh = knob_hash({"prompt": "v1", "max_new_tokens": 64})
         c = st.find_compression(compressor_model_id=ids["comp"], task="syn", sample_id="s1", knob_hash=kh)
@@ -268,7 +300,7 @@ def test_errored_rows_are_replaced_by_a_retry(url):
         assert good == bad
         c = st.find_compression(**kw)
         assert c is not None and c.error is None and c.text == "ok" and c.usage == Usage(10, 3, 1.0, False)
-        assert st.count("usage", call_kind="compress", ref_id=bad) == 1
+        assert st.count("usage", call_kind="compress", ref_id=bad) == 2  # both calls reached the model
         assert st.add_compression(**kw, text="", error="late failure") == good
         assert st.find_compression(**kw).text == "ok"  # an error never overwrites a good row
         pid = st.add_prediction(cell_id="run-1/c", sample_id="s7", arm="compressed", text="", compression_id=good,
@@ -318,7 +350,8 @@ def test_reopen_keeps_all_rows(url):
     with Store.open(url) as st:
         counts = {t: st.count(t) for t in TABLES}
     assert counts["runs"] == 2 and counts["models"] == 2 and counts["samples"] == 3 and counts["compressions"] == 3
-    assert counts["predictions"] == 12 and counts["scores"] == 12 and counts["usage"] == 9
+    assert counts["predictions"] == 12 and counts["scores"] == 12
+    assert counts["usage"] == 12  # run-2 called the compressor again: its calls are counted although the rows existed
     frames = results.load(url)
     assert len(frames["predictions"]) == 12 and set(frames["runs"]["run_id"]) == {"run-1", "run-2"}
 

@@ -88,6 +88,16 @@ def compress_stage(cfg: RunConfig, be: Any, samples: list[Sample], writer: Any, 
     khash = compression_knob_hash(cfg)
     jobs: list[tuple[CompKey, GenRequest]] = []
     seeds: dict[CompKey, int] = {}
+
+    def _row(key: CompKey, g: Generation, reused: bool = False) -> dict[str, Any]:
+        return {
+            "sample_id": samples[key.idx].id, "compressor": mc.model, "kind": key.kind, "j": key.j,
+            "knob_hash": khash,
+            "seed": seeds[key],
+            "text": g.text, "token_ids": g.token_ids, "n_tokens": len(g.token_ids) or g.usage.completion_tokens,
+            "context_tokens": out.context_tokens[key.idx], "truncated_prompt": out.truncated[key.idx],
+            "finish_reason": g.finish_reason, "usage": asdict(g.usage), "error": g.error, "reused": reused}
+
     for idx, s in enumerate(samples):
         out.context_tokens[idx] = be.count_tokens(s.context)
 
@@ -102,19 +112,30 @@ def compress_stage(cfg: RunConfig, be: Any, samples: list[Sample], writer: Any, 
             continue
         for kind, j in variants:
             p = greedy if kind == "greedy" else sampling_params(cfg, s.id, j)
-            seeds[CompKey(idx, kind, j)] = p.seed
-            jobs.append((CompKey(idx, kind, j), dataclasses.replace(req, params=p)))
+            key = CompKey(idx, kind, j)
+            seeds[key] = p.seed
+            # an error-free compression already in the store is reused, so the text the predictor reads (and the
+            # MI stage scores) is the text its predictions point at
+            stored = writer.stored_compression(s.id, kind, j, p.seed, khash)
+            if stored is not None:
+                out.results[key] = stored
+                add_usage(usage, stored.usage)
+                writer.write("compressions", _row(key, stored, reused=True))
+                continue
+            jobs.append((key, dataclasses.replace(req, params=p)))
 
     def on_done(key: CompKey, g: Generation) -> None:
-        out.results[key] = g
         add_usage(usage, g.usage)
-        writer.write("compressions", {
-            "sample_id": samples[key.idx].id, "compressor": mc.model, "kind": key.kind, "j": key.j,
-            "knob_hash": khash,
-            "seed": seeds[key],
-            "text": g.text, "token_ids": g.token_ids, "n_tokens": len(g.token_ids) or g.usage.completion_tokens,
-            "context_tokens": out.context_tokens[key.idx], "truncated_prompt": out.truncated[key.idx],
-            "finish_reason": g.finish_reason, "usage": asdict(g.usage), "error": g.error})
+        sid = samples[key.idx].id
+        if g.error:  # kept per run in the errors table, whatever later runs store for this compression
+            read = key.kind == predictor_kind and key.j == 0  # the compression the predictor would read
+            writer.write("errors", {"sample_id": sid, "stage": "compress", "error": g.error,
+                                    "ref_kind": "compression" if read else "mi_sample",
+                                    "ref_id": f"{key.kind}:{key.j}"})
+        writer.write("compressions", _row(key, g))
+        # a concurrent run may have stored its compression first: read the stored text, never one the store lacks
+        kept = None if g.error else writer.stored_compression(sid, key.kind, key.j, seeds[key], khash)
+        out.results[key] = kept if kept is not None and kept.text != g.text else g
 
     if progress is not None:
         progress.total = len(jobs)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.records import ModelIdentity, Usage
+from harness.records import Generation, ModelIdentity, Usage
 
 
 class Recorder:
@@ -60,8 +60,25 @@ class Recorder:
         if self.store is not None:
             getattr(self, f"_store_{kind}", lambda r: None)(row)
 
+    def stored_compression(self, sample_id: str, kind: str, j: int, seed: int, knob_hash: str) -> Generation | None:
+        """The error-free compression the store holds for this key (its id remembered for the predictions), or None.
+
+        Greedy compressions are stored with sample_index -1, sampled ones with j (as `harness sweep` does).
+        """
+        if self.store is None or "compressor" not in self.models:
+            return None
+        row = self.store.find_compression(compressor_model_id=self.models["compressor"], task=self.task,
+                                          sample_id=sample_id, knob_hash=knob_hash,
+                                          sample_index=j if kind == "sample" else -1, seed=seed)
+        if row is None or row.error is not None:
+            return None
+        self.comp_ids[(sample_id, kind, j)] = row.compression_id
+        return row.to_generation()
+
     # ---- store adapters ----
     def _store_compressions(self, r: dict[str, Any]) -> None:
+        if r.get("reused"):  # read from the store (`stored_compression`): no call, nothing to write
+            return
         cid = self.store.add_compression(
             compressor_model_id=self.models["compressor"],
             task=self.task,
@@ -114,7 +131,8 @@ class Recorder:
             run_id=self.run_id,
             stage=r["stage"],
             message=r["error"],
-            ref_kind=r.get("arm", ""),
+            ref_kind=r.get("ref_kind", r.get("arm", "")),
+            ref_id=r.get("ref_id", ""),
             sample_id=r["sample_id"],
         )
 

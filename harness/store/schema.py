@@ -1,4 +1,4 @@
-"""The results-store schema (version 1), written once and rendered for SQLite and PostgreSQL.
+"""The results-store schema (version 2), written once and rendered for SQLite and PostgreSQL.
 
 Column types are logical ("pk", "text", "int", "float", "bool", "json", "ts"); `ddl()` maps them per dialect.
 JSON columns hold JSON text (`*_json`), timestamps hold ISO-8601 UTC text, so both backends read back alike.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 STAGES = ("compress", "predict", "score")
 CELL_STATUSES = ("pending", "running", "done", "failed", "skipped")
@@ -209,8 +209,11 @@ TABLES: dict[str, Table] = {
                 Col("flops", "float"),
                 Col("dollars", "float"),
                 _NOW,
+                # v2: one row per model call (a fresh call_id each), so calls for a shared row are all counted
+                Col("run_id", "text"),
+                Col("call_id", "text", True, "''"),
             ),
-            key=("call_kind", "ref_id"),
+            key=("call_kind", "ref_id", "call_id"),
         ),
         Table(
             "mi_estimates",

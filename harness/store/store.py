@@ -3,7 +3,14 @@
 Every write method runs in its own transaction and commits before returning (inside `Store.transaction()` it
 joins the outer transaction under a savepoint instead). Rows with a natural key are inserted idempotently: the
 same key twice gives one row and the same id, so a resumed run never duplicates rows. The one exception is a
-retry: a compression or prediction stored with an `error` is replaced in place (same id) by a later error-free one.
+retry: a compression or prediction stored with an `error` is replaced in place (same id) by a later error-free one
+(the failure stays in the `errors` table, which is kept per run).
+
+Usage is one row per model call: `add_compression`/`add_prediction` with `usage` always add a row (a fresh
+`call_id`), also when the compression already existed (another run stored it first), so usage rows with
+cached = false are exactly the calls that reached a model. A call answered from the response cache gets a row
+marked cached = true (it says what the call would have cost); a result reused from the store is no call and gets
+no row.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,8 +44,17 @@ from harness.store.schema import (
     version_table_ddl,
 )
 
+
+def _v1_to_v2(db: Db) -> None:
+    """usage gets run_id and call_id, and its key becomes [call_kind, ref_id, call_id]: one row per model call."""
+    db.execute("ALTER TABLE usage ADD COLUMN run_id TEXT")
+    db.execute("ALTER TABLE usage ADD COLUMN call_id TEXT NOT NULL DEFAULT ''")
+    db.execute("DROP INDEX ux_usage_key")
+    db.execute("CREATE UNIQUE INDEX ux_usage_key ON usage (call_kind, ref_id, call_id)")
+
+
 # Migrations: MIGRATIONS[v](db) upgrades a store from version v to v + 1 (runs inside a transaction).
-MIGRATIONS: dict[int, Callable[[Db], None]] = {}
+MIGRATIONS: dict[int, Callable[[Db], None]] = {1: _v1_to_v2}
 
 _PACKAGES = ("harness", "torch", "transformers", "accelerate", "vllm", "openai", "llama_cpp_python", "numpy", "scipy")
 
@@ -467,8 +484,9 @@ class Store:
         """Store compression j (`sample_index`) of a sample; returns its id (the existing one if the key is known).
 
         Key: [compressor_model_id, task, sample_id, knob_hash, sample_index, seed]. `usage`, when given, is
-        written in the same transaction as a "compress" usage row. n_tokens defaults to len(token_ids).
-        A stored row with an error is replaced (same id, new usage) by an error-free one.
+        written in the same transaction as a new "compress" usage row (one per call, also when the key was already
+        stored: check the returned row's text before using yours). n_tokens defaults to len(token_ids).
+        A stored row with an error is replaced (same id) by an error-free one; earlier usage rows are kept.
         """
         if n_tokens is None and token_ids:
             n_tokens = len(token_ids)
@@ -494,9 +512,10 @@ class Store:
         }
         with self._db.transaction():
             cid, written = self._get_or_insert("compressions", key, values, replace_errored=True)
-            if written and usage is not None:
-                self._db.execute("DELETE FROM usage WHERE call_kind = 'compress' AND ref_id = ?", (cid,))
-                self._insert_usage("compress", cid, compressor_model_id, usage, flops, dollars)
+            if usage is not None:  # every call leaves its own usage row, even when the key was stored already
+                # "w…": the call whose result the row holds (find_compression reports its usage)
+                self._insert_usage("compress", cid, compressor_model_id, usage, flops, dollars, run_id=run_id,
+                                   call_id=("w" if written else "c") + uuid.uuid4().hex)
         return cid
 
     def find_compression(
@@ -509,11 +528,16 @@ class Store:
         sample_index: int = 0,
         seed: int = 0,
     ) -> StoredCompression | None:
-        """The stored compression for this key (with its usage), or None. Check `.error` before reusing it."""
+        """The stored compression for this key, or None. Check `.error` before reusing it.
+
+        Its usage is that of the call whose result the row holds (the latest one that wrote it).
+        """
         row = self._db.one(
             "SELECT c.compression_id, c.text, c.token_ids_json, c.n_tokens, c.context_tokens, c.truncated, "
             "c.finish_reason, c.params_json, c.error, u.prompt_tokens, u.completion_tokens, u.seconds, u.cached "
-            "FROM compressions c LEFT JOIN usage u ON u.call_kind = 'compress' AND u.ref_id = c.compression_id "
+            "FROM compressions c LEFT JOIN usage u ON u.usage_id = (SELECT usage_id FROM usage "
+            "WHERE call_kind = 'compress' AND ref_id = c.compression_id "
+            "ORDER BY CASE WHEN call_id LIKE 'w%' THEN 0 ELSE 1 END, usage_id DESC LIMIT 1) "
             "WHERE c.compressor_model_id = ? AND c.task = ? AND c.sample_id = ? AND c.knob_hash = ? "
             "AND c.sample_index = ? AND c.seed = ?",
             (compressor_model_id, task, sample_id, knob_hash, int(sample_index), int(seed)),
@@ -553,7 +577,7 @@ class Store:
         """Store a prediction; returns its id (the existing one if [cell, sample, compression, arm] is known).
 
         `usage`, when given, is written in the same transaction as a "predict" usage row (model: the cell's
-        predictor). A stored row with an error is replaced (same id; its scores and usage dropped) by an
+        predictor; one row per call). A stored row with an error is replaced (same id; its scores dropped) by an
         error-free one.
         """
         key = {"cell_id": cell_id, "sample_id": sample_id, "compression_id": compression_id, "arm": arm}
@@ -569,10 +593,10 @@ class Store:
             pid, written = self._get_or_insert("predictions", key, values, replace_errored=True)
             if written:
                 self._db.execute("DELETE FROM scores WHERE prediction_id = ?", (pid,))
-                if usage is not None:
-                    self._db.execute("DELETE FROM usage WHERE call_kind = 'predict' AND ref_id = ?", (pid,))
-                    row = self._db.one("SELECT predictor_model_id FROM cells WHERE cell_id = ?", (cell_id,))
-                    self._insert_usage("predict", pid, row[0] if row else None, usage, flops, dollars)
+            if usage is not None:  # every call leaves its own usage row
+                row = self._db.one("SELECT predictor_model_id, run_id FROM cells WHERE cell_id = ?", (cell_id,))
+                self._insert_usage("predict", pid, row[0] if row else None, usage, flops, dollars,
+                                   run_id=row[1] if row else None)
         return pid
 
     def find_prediction(
@@ -628,8 +652,10 @@ class Store:
     # ------------------------------------------------------------------ usage, MI, errors
 
     def _insert_usage(
-        self, kind: str, ref_id: int, model_id: int | None, u: Usage, flops: float | None, dollars: float | None
+        self, kind: str, ref_id: int, model_id: int | None, u: Usage, flops: float | None, dollars: float | None,
+        *, run_id: str | None = None, call_id: str | None = None,
     ) -> int:
+        """One usage row; call_id None means a new call (a fresh id), so the row is always added."""
         values = {
             "model_id": model_id,
             "prompt_tokens": int(u.prompt_tokens),
@@ -639,8 +665,10 @@ class Store:
             "flops": _float(flops),
             "dollars": _float(dollars),
             "created_at": now(),
+            "run_id": run_id,
         }
-        uid, _ = self._get_or_insert("usage", {"call_kind": kind, "ref_id": int(ref_id)}, values)
+        key = {"call_kind": kind, "ref_id": int(ref_id), "call_id": uuid.uuid4().hex if call_id is None else call_id}
+        uid, _ = self._get_or_insert("usage", key, values)
         return uid
 
     def add_usage(
@@ -655,14 +683,17 @@ class Store:
         cached: bool = False,
         flops: float | None = None,
         dollars: float | None = None,
+        run_id: str | None = None,
+        call_id: str = "",
     ) -> int:
-        """Record the cost of one call; key [call_kind, ref_id] (ref_id: the compression/prediction/score id).
+        """Record the cost of one call; key [call_kind, ref_id, call_id] (ref_id: the compression/prediction/score id).
 
-        call_kind: "compress" | "predict" | "score" | "judge". Returns the usage id (existing one if known).
+        call_kind: "compress" | "predict" | "score" | "judge". Returns the usage id (existing one if the key is
+        known: pass a distinct call_id per call to record several calls for one ref_id).
         """
         _choice(call_kind, CALL_KINDS, "call_kind")
         u = Usage(int(prompt_tokens), int(completion_tokens), float(seconds), bool(cached))
-        return self._insert_usage(call_kind, ref_id, model_id, u, flops, dollars)
+        return self._insert_usage(call_kind, ref_id, model_id, u, flops, dollars, run_id=run_id, call_id=call_id)
 
     def add_mi_estimate(
         self,
