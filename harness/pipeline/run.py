@@ -254,7 +254,8 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
     summary["first_error"] = next((it.error for it in items if it.error), None)
     summary["wall_seconds"] = round(time.time() - t0, 2)
     summary["model_loads"] = STATS["model_loads"] - stats0.get("model_loads", 0)
-    summary["model_calls"] = sum(STATS[k] - stats0.get(k, 0) for k in ("generate_calls", "score_calls"))
+    # requests that reached a model (a batch of 8 is 8 calls; cache hits are none)
+    summary["model_calls"] = sum(STATS[k] - stats0.get(k, 0) for k in ("generate_requests", "score_requests"))
     summary["run_dir"] = str(out_dir)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     (out_dir / "table.md").write_text(format_table(summary))
@@ -319,6 +320,7 @@ def summarize(cfg: RunConfig, items: list[Item], usage: dict[str, dict[str, floa
             "n": len(its),
             "scored": len(scored),
             "errors": len(errors),
+            "answered": len(its) - len(errors),  # accuracy is over these (n - errors)
             "accuracy": (sum(it.score.correct for it in graded) / len(graded)) if graded else None,
             "accuracy_ci": list(accuracy_with_ci([it.score.correct for it in graded])[1:]) if graded else None,
             **bpb_summary(bpb),  # distortion arms: mean bits per byte with its 95% CI (None elsewhere)
@@ -368,14 +370,18 @@ def mi_bits_cell(r: dict[str, Any], spec: str = ".3f") -> str:
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    """A markdown table: accuracy (errors), summary tokens, token_ratio, tokens and seconds per role."""
+    """A markdown table: accuracy over the answered samples, errors, unparseable answers, truncated prompts,
+    summary tokens, token_ratio, tokens and seconds per role."""
     head = [
         "arm",
         "compressor",
         "predictor",
         "n",
-        "accuracy [95% CI]",
+        "accuracy [95% CI] (of answered)",
+        "answered",
         "errors",
+        "unparseable",
+        "truncated",
         "summary_tok",
         "token_ratio",
         "pred_prompt_tok",
@@ -383,7 +389,7 @@ def format_table(summary: dict[str, Any]) -> str:
         "pred_s",
     ]
     if any(r.get("bits_per_byte") is not None for r in summary["rows"]):
-        head[4] = "accuracy or bpb [95% CI]"
+        head[4] = "accuracy or bpb [95% CI] (of answered)"
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary["rows"]:
         pu = r["predictor_usage"]
@@ -396,7 +402,10 @@ def format_table(summary: dict[str, Any]) -> str:
                     r["predictor"],
                     str(r["n"]),
                     _accuracy_cell(r),
+                    str(r.get("answered", r["n"] - r["errors"])),
                     str(r["errors"]),
+                    str(r.get("unparseable", 0)),
+                    str(r.get("truncated", 0)),
                     _f(r["summary_tokens"], ".1f"),
                     _f(r["token_ratio"], ".3f"),
                     str(int(pu.get("prompt_tokens", 0))),
