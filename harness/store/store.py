@@ -537,7 +537,7 @@ class Store:
             "c.finish_reason, c.params_json, c.error, u.prompt_tokens, u.completion_tokens, u.seconds, u.cached "
             "FROM compressions c LEFT JOIN usage u ON u.usage_id = (SELECT usage_id FROM usage "
             "WHERE call_kind = 'compress' AND ref_id = c.compression_id "
-            "ORDER BY CASE WHEN call_id LIKE 'w%' THEN 0 ELSE 1 END, usage_id DESC LIMIT 1) "
+            "ORDER BY CASE WHEN substr(call_id, 1, 1) = 'w' THEN 0 ELSE 1 END, usage_id DESC LIMIT 1) "
             "WHERE c.compressor_model_id = ? AND c.task = ? AND c.sample_id = ? AND c.knob_hash = ? "
             "AND c.sample_index = ? AND c.seed = ?",
             (compressor_model_id, task, sample_id, knob_hash, int(sample_index), int(seed)),
