@@ -88,7 +88,8 @@ def _distortion_cfg(tmp_path: Path, task: str, path: str):
     opts = {"path": path, **(FINEWEB_OPTIONS if task == "fineweb" else {})}
     return load_config(REPO / "configs" / f"{task}.yaml", {
         "task": {"size": 2, "options": opts},
-        "models": {"compressor": {"model": SMOL}, "predictor": {"model": SMOL}},
+        # float32 pinned: the bits per byte are checked against the float32 `smollm2` fixture to 1e-3
+        "models": {"compressor": {"model": SMOL, "dtype": "float32"}, "predictor": {"model": SMOL, "dtype": "float32"}},
         "arms": ARMS,
         "generation": {"compressor": {"max_new_tokens": 8}},
         "output": _out(tmp_path),
