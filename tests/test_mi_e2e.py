@@ -33,16 +33,11 @@ M = 64  # one-token compressions per context
 TOP_K_OLD = 50  # what transformers' generate did when top_k was left unset
 
 
-@pytest.fixture(scope="module")
-def be32():
-    """smollm2-135m through transformers in float32 (the exact sums and the sampled path agree to ~1e-5)."""
-    need_pack("smollm2-135m")
-    from harness.backends.transformers import TransformersBackend
-
-    be = TransformersBackend("gguf", "smollm2-135m", dtype="float32", batch_size=16)
-    be._load()
-    yield be
-    be.close()
+@pytest.fixture
+def be32(smollm2):
+    """smollm2-135m through transformers in float32: the session fixture (the exact sums and the sampled path
+    agree to ~1e-5)."""
+    return smollm2
 
 
 def code_samples(codes: tuple[str, ...] = CODES) -> list[Sample]:
