@@ -41,18 +41,13 @@ def built_processors(be, requests: list[GenRequest], monkeypatch: pytest.MonkeyP
     return built
 
 
-@pytest.fixture(scope="module")
-def smol32():
-    """smollm2-135m in float32, loaded once for this module."""
-    from tests.conftest import need_pack
-
-    need_pack("smollm2-135m")
-    from harness.backends.transformers import TransformersBackend
-
-    be = TransformersBackend("gguf", "smollm2-135m", dtype="float32", batch_size=8)
-    be._load()
-    yield be
-    be.close()
+@pytest.fixture
+def smol32(smollm2):
+    """The session's float32 smollm2-135m, with batches of 8 (the batch test needs 5 requests in one batch)."""
+    old = smollm2.batch_size
+    smollm2.batch_size = 8
+    yield smollm2
+    smollm2.batch_size = old
 
 
 TINY_PROMPT = "hello world"
@@ -60,7 +55,7 @@ TINY_STEPS = 12
 
 
 @pytest.fixture(scope="module")
-def tiny_qwen_like(tmp_path_factory, smol32):
+def tiny_qwen_like(tmp_path_factory, smollm2):
     """A tiny llama saved as an `hf/` folder whose generation_config.json warps sampling and greedy alike: Qwen2.5's
     top_k 20, top_p 0.8 and repetition_penalty 1.05, plus n-gram blocking, and bad words / suppressed tokens that
     forbid the first two tokens of the plain greedy continuation. Yields (backend, that plain continuation)."""
@@ -69,7 +64,7 @@ def tiny_qwen_like(tmp_path_factory, smol32):
 
     from harness.backends.transformers import TransformersBackend
 
-    tok = smol32.tokenizer
+    tok = smollm2.tokenizer
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
