@@ -36,9 +36,9 @@ from harness.backends.base import STATS
 from harness.backends.registry import make_backend
 from harness.backends.transformers import TransformersBackend
 from harness.config import RunConfig, load_config
-from harness.pipeline.prompts import arm_input, arm_messages, render
 from harness.pipeline.record import Recorder
 from harness.pipeline.stages import chunks, params_from
+from harness.prompts import arm_input, arm_messages, render
 from harness.records import Generation, GenParams, GenRequest, Sample
 from harness.store import Store
 from harness.tasks import load_task

@@ -17,7 +17,7 @@ import time
 from harness.backends.base import STATS
 from harness.backends.transformers import TransformersBackend
 from harness.config import DEFAULT_PROMPTS
-from harness.pipeline.prompts import render
+from harness.prompts import render
 from harness.records import GenParams, GenRequest
 from harness.scoring import score_group
 from harness.tasks import load_task

@@ -29,7 +29,7 @@ import numpy as np
 
 from harness.backends.base import STATS
 from harness.config import Prompt
-from harness.pipeline.prompts import render
+from harness.prompts import render
 from harness.records import Generation, Message, Sample, ScoreRequest
 
 

@@ -13,10 +13,10 @@ import pytest
 from harness.backends.openai import ScoringRefused
 from harness.config import load_config
 from harness.pipeline.distortion import score_continuations
-from harness.pipeline.prompts import render
 from harness.pipeline.record import Recorder
 from harness.pipeline.run import format_table, run
 from harness.pipeline.stages import Item
+from harness.prompts import render
 from harness.records import ScoreRequest, ScoreResult, Usage
 from harness.tasks import load_task
 from tests.conftest import REPO, need_pack

@@ -20,7 +20,7 @@ import pytest
 
 from harness.config import DEFAULT_PROMPTS, Prompt, load_config
 from harness.mi import estimate_mi, exact_mi_bits
-from harness.pipeline.prompts import render
+from harness.prompts import render
 from harness.records import Document, GenParams, GenRequest, Sample
 from harness.scoring import score_group
 from tests.conftest import REPO, need_pack

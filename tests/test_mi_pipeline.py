@@ -11,8 +11,8 @@ import pytest
 
 from harness.config import DEFAULT_PROMPTS, load_config
 from harness.mi import estimate_mi, exact_mi_bits
-from harness.pipeline.prompts import render
 from harness.pipeline.run import run
+from harness.prompts import render
 from harness.records import Generation, GenParams, GenRequest, ScoreRequest, ScoreResult, Usage
 from harness.scoring import candidate_logp, score_group
 from harness.tasks import load_task

@@ -8,7 +8,7 @@ import numpy as np
 
 from harness.backends.vllm import continuation_ids
 from harness.config import DEFAULT_PROMPTS
-from harness.pipeline.prompts import render
+from harness.prompts import render
 from harness.records import GenParams, GenRequest, ScoreRequest
 from harness.scoring import score_group
 from harness.tasks import load_task

@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from harness.config import RunConfig
-from harness.pipeline.prompts import render
 from harness.pipeline.stages import add_usage, fit_request, params_from, run_generation_stage
+from harness.prompts import render
 from harness.records import Generation, GenParams, GenRequest, Sample
 
 

@@ -22,8 +22,8 @@ from typing import Any
 from harness.config import RunConfig
 from harness.errors import UserError
 from harness.metrics import MetricResult, bits_per_byte, mean_with_ci
-from harness.pipeline.prompts import arm_input, arm_messages
 from harness.pipeline.stages import Item, add_usage, chunks, fit_request
+from harness.prompts import arm_input, arm_messages
 from harness.records import GenParams, GenRequest, ScoreResult, Usage
 from harness.scoring import reply_request
 

@@ -19,9 +19,9 @@ from harness.config import RunConfig
 from harness.pipeline.compress import CompKey, compress_stage
 from harness.pipeline.distortion import bpb_summary, score_continuations
 from harness.pipeline.mi_stage import mi_stage
-from harness.pipeline.prompts import arm_input, arm_messages
 from harness.pipeline.record import Recorder
 from harness.pipeline.stages import Item, add_usage, fit_request, params_from, progress_bar, run_generation_stage
+from harness.prompts import arm_input, arm_messages
 from harness.records import Generation, GenParams, GenRequest
 from harness.store.redact import redact
 

@@ -30,10 +30,10 @@ from harness.cost import model_meta
 from harness.errors import UserError
 from harness.pipeline.compress import CompKey, CompressOutput, compression_knob_hash, sampling_params
 from harness.pipeline.mi_stage import mi_stage
-from harness.pipeline.prompts import arm_input, arm_messages, render
 from harness.pipeline.record import store_mi_row
 from harness.pipeline.stages import Item, fit_request, params_from, progress_bar, run_generation_stage
 from harness.preflight import announce, check_models, check_outputs, load_samples
+from harness.prompts import arm_input, arm_messages, render
 from harness.records import Generation, GenRequest, Sample, Usage
 from harness.store.redact import redact_url
 from harness.store.store import knob_hash
