@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from harness.config import RunConfig
+from harness.pipeline.plan import (  # noqa: F401 (compression keys: defined in plan.py, re-exported here)
+    compression_knob_hash,
+    compression_knobs,
+    sample_seed,
+    sampling_params,
+)
 from harness.pipeline.stages import add_usage, fit_request, params_from, run_generation_stage
 from harness.prompts import render
-from harness.records import Generation, GenParams, GenRequest, Sample
+from harness.records import Generation, GenRequest, Sample
 
 
 @dataclass(frozen=True)
@@ -30,44 +34,6 @@ class CompressOutput:
     truncated: dict[int, bool]
     errors: dict[int, str]  # sample index -> overflow error (no request sent)
     predictor_kind: str  # which compressions the predictor reads: "greedy" or "sample"
-
-
-def compression_knobs(cfg: RunConfig) -> dict[str, Any]:
-    """Everything besides the model, sample, seed and sample number that shapes a compression."""
-    knobs: dict[str, Any] = {
-        "task": cfg.task.model_dump(mode="json"),
-        "prompt": cfg.prompts.compressor.model_dump(mode="json"),
-        "generation": cfg.generation.compressor.model_dump(mode="json"),
-        "overflow": cfg.overflow,
-    }
-    if cfg.mi is not None:
-        knobs["mi_temperature"] = cfg.mi.temperature
-    return knobs
-
-
-def compression_knob_hash(cfg: RunConfig) -> str:
-    """The `knob_hash` of a config's compressions in the results store."""
-    from harness.store.store import knob_hash
-
-    return knob_hash(compression_knobs(cfg))
-
-
-def sample_seed(seed: int, sample_id: str, j: int) -> int:
-    """The seed of MI compression j of one sample: a stable hash of (run seed, sample id, j), below 2**31.
-
-    Every (sample, j) gets its own draw, so compressions of different contexts are independent; 31 bits fit
-    every backend's seed field (llama.cpp's is 32-bit) and the store's integer column.
-    """
-    h = hashlib.blake2b(json.dumps([int(seed), str(sample_id), int(j)]).encode(), digest_size=8).digest()
-    return int.from_bytes(h, "big") & 0x7FFFFFFF
-
-
-def sampling_params(cfg: RunConfig, sample_id: str, j: int) -> GenParams:
-    """Plain sampling (no top-k/top-p/min-p) at the MI temperature, seeded per (sample, j) by `sample_seed`."""
-    assert cfg.mi is not None
-    g = cfg.generation.compressor
-    return GenParams(max_new_tokens=g.max_new_tokens, temperature=cfg.mi.temperature, top_p=1.0, top_k=0,
-                     seed=sample_seed(cfg.seed, sample_id, j))
 
 
 def compress_stage(cfg: RunConfig, be: Any, samples: list[Sample], writer: Any, usage: dict[str, float],

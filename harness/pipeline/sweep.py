@@ -13,29 +13,32 @@ A compression is made once and read by every predictor and by the MI estimator.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import itertools
 import os
 import signal
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 from harness.backends.base import STATS
 from harness.backends.registry import make_backend
-from harness.config import ModelConfig, RunConfig, TaskConfig, parse_config
+from harness.config import ModelConfig, RunConfig
 from harness.cost import model_meta
 from harness.errors import UserError
-from harness.pipeline.compress import CompKey, CompressOutput, compression_knob_hash, sampling_params
+from harness.pipeline.compress import CompKey, CompressOutput
 from harness.pipeline.mi_stage import mi_stage
+from harness.pipeline.plan import (
+    Cell,
+    CompressUnit,
+    expand,
+    model_key_fields,
+    sampling_params,
+)
 from harness.pipeline.record import store_mi_row
 from harness.pipeline.stages import Item, fit_request, params_from, progress_bar, run_generation_stage
 from harness.preflight import announce, check_models, check_outputs, load_samples
 from harness.prompts import arm_input, arm_messages, render
 from harness.records import Generation, GenRequest, Sample, Usage
-from harness.store.redact import redact_url
 from harness.store.store import knob_hash
 
 #: crash points for the crash-safety tests: HARNESS_CRASH_AT=compress:N | predict:N | stage:NAME sends this
@@ -50,149 +53,6 @@ def _crash(point: str, count: int | None = None) -> None:
     name, _, arg = spec.partition(":")
     if (name == "stage" and point == f"stage:{arg}") or (name == point and count is not None and str(count) == arg):
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _short(spec: str) -> str:
-    return spec.partition("/")[2].replace("/", "_") or spec
-
-
-@dataclass
-class CompressUnit:
-    """All compressions one compressor makes for one task under one compressor-side knob setting."""
-
-    key: str
-    cfg: RunConfig  # an expanded config with this compressor and these knobs
-    task_key: str
-    knob_hash: str
-
-    @property
-    def compressor(self) -> ModelConfig:
-        assert self.cfg.models.compressor is not None
-        return self.cfg.models.compressor
-
-
-@dataclass
-class Cell:
-    """One task × arm × (compressor) × predictor × knob setting."""
-
-    cell_id: str
-    cfg: RunConfig
-    arm: str
-    task_key: str
-    unit: str | None  # the CompressUnit the compressed arm reads
-    knobs: dict[str, Any]
-
-
-@dataclass
-class Plan:
-    name: str
-    run_id: str
-    tasks: dict[str, TaskConfig] = field(default_factory=dict)
-    units: dict[str, CompressUnit] = field(default_factory=dict)
-    cells: dict[str, Cell] = field(default_factory=dict)
-
-
-def _set_path(d: dict[str, Any], path: str, value: Any) -> None:
-    parts = path.split(".")
-    cur = d
-    for p in parts[:-1]:
-        nxt = cur.get(p)
-        if nxt is None:
-            nxt = cur[p] = {}
-        if not isinstance(nxt, dict):
-            raise UserError(f"sweep.knobs.{path}: '{p}' is not a section; use a dotted path to a config field")
-        cur = nxt
-    cur[parts[-1]] = copy.deepcopy(value)
-
-
-def _role(entry: str | ModelConfig, base: ModelConfig | None) -> dict[str, Any]:
-    if isinstance(entry, ModelConfig):
-        return entry.model_dump(mode="json")
-    d = base.model_dump(mode="json") if base is not None else {}
-    d["model"] = entry
-    return d
-
-
-#: ModelConfig fields that change how calls are made, never what a model answers: kept out of every key
-TRANSPORT_FIELDS = ("device", "batch_size", "max_concurrency", "max_retries", "timeout_s", "api_key_env",
-                    "trust_remote_code")
-
-
-def model_key_fields(mc: ModelConfig) -> dict[str, Any]:
-    """The part of a model config that decides its outputs: the one source of every key derived from a model
-    (cell hash, compression unit, the sweep's model and backend maps).
-
-    Transport and execution settings (TRANSPORT_FIELDS: timeouts, retries, concurrency, batch size, device, which
-    environment variable holds the key, the remote-code permission) are reset to their defaults rather than
-    dropped, so the ids of configs that never set them stay as they were. `base_url` stays, with its credentials
-    hidden (`redact_url`): it names which server, and so which weights, answers, as in the backend identity; a
-    rotated key or password keeps every id.
-    """
-    d = mc.model_dump(mode="json")
-    for f in TRANSPORT_FIELDS:
-        d[f] = ModelConfig.model_fields[f].default
-    d["base_url"] = redact_url(d["base_url"])
-    return d
-
-
-def _cell_hash(rc: RunConfig, arm: str) -> str:
-    """What shapes a cell's predictions: everything but output, naming, transport settings and, off the compressed
-    arm, compression."""
-    keep = rc.model_dump(mode="json")
-    for role in ("compressor", "predictor"):
-        mc = getattr(rc.models, role)
-        keep["models"][role] = model_key_fields(mc) if mc is not None else None
-    for k in ("name", "output", "prices", "sweep", "arms"):
-        keep.pop(k, None)
-    keep["models"].pop("scorer", None)
-    keep["models"].pop("judge", None)
-    if arm != "compressed":
-        keep["models"].pop("compressor", None)
-        keep["prompts"].pop("compressor", None)
-        keep["generation"].pop("compressor", None)
-        keep.pop("mi", None)
-    keep["arm"] = arm
-    return knob_hash(keep)
-
-
-def expand(cfg: RunConfig) -> Plan:
-    """Expand a sweep config into compression units and cells (deduplicated)."""
-    sw = cfg.sweep
-    if sw is None:
-        raise UserError("this config has no 'sweep' section; add sweep.compressors and sweep.predictors")
-    plan = Plan(name=cfg.name, run_id=f"sweep-{cfg.name}")
-    base = cfg.model_dump(mode="json")
-    base["sweep"] = None
-    tasks = sw.tasks or [cfg.task]
-    keys = sorted(sw.knobs)
-    settings = [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*(sw.knobs[k] for k in keys))]
-    for task, setting, comp, pred in itertools.product(tasks, settings, sw.compressors, sw.predictors):
-        d = copy.deepcopy(base)
-        d["task"] = task.model_dump(mode="json")
-        d["models"]["compressor"] = _role(comp, cfg.models.compressor)
-        d["models"]["predictor"] = _role(pred, cfg.models.predictor)
-        for path, value in setting.items():
-            _set_path(d, path, value)
-        where = ", ".join(f"{k}={v}" for k, v in setting.items())
-        rc = parse_config(d, f"sweep cell ({d['models']['compressor']['model']} → {d['models']['predictor']['model']}"
-                             f"{', ' + where if where else ''})")
-        task_key = knob_hash(rc.task.model_dump(mode="json"))
-        plan.tasks.setdefault(task_key, rc.task)
-        unit_key = None
-        needs_compression = "compressed" in rc.arms or rc.mi is not None
-        if needs_compression:
-            kh = compression_knob_hash(rc)
-            assert rc.models.compressor is not None
-            unit_key = knob_hash({"compressor": model_key_fields(rc.models.compressor), "knobs": kh,
-                                  "seed": rc.seed})  # the seed is a column of the compression key, not in kh
-            plan.units.setdefault(unit_key, CompressUnit(unit_key, rc, task_key, kh))
-        for arm in rc.arms:
-            h = _cell_hash(rc, arm)
-            comp_name = _short(rc.models.compressor.model) if arm == "compressed" and rc.models.compressor else "-"
-            cid = f"{cfg.name}/{rc.task.name}/{arm}/{comp_name}/{_short(rc.models.predictor.model)}/{h[:8]}"
-            if cid not in plan.cells:
-                plan.cells[cid] = Cell(cid, rc, arm, task_key, unit_key if arm == "compressed" else None, setting)
-    return plan
 
 
 class _MIWriter:
