@@ -1,8 +1,9 @@
 """Task registry: a task is a named, seeded function that yields `Sample`s.
 
-A task's defaults live in `tasks/<name>.yaml` at the repository top level
-(fields: `name`, `description`, `defaults: {size, split, seed, options: {...}}`).
-A run config can override size, split, seed and any option the task declares.
+A task's defaults live in `tasks/<name>.yaml` (the repository's top-level `tasks/`, shipped in the wheel as
+package data: see `harness.resources`), with the fields `name`, `description`, `defaults: {size, split, seed,
+options: {...}}` and `help: {option: one line}`. A run config can override size, split, seed and any option the
+task declares. A registered task without a defaults file is an error, never silently empty.
 """
 
 from __future__ import annotations
@@ -46,18 +47,49 @@ def register_task(name: str, options: tuple[str, ...] = (), description: str = "
     return deco
 
 
-def tasks_dir() -> Path:
-    """Folder of task YAML defaults: $HARNESS_TASKS_DIR, else the repository's `tasks/`."""
+def tasks_dir() -> Any:
+    """Folder of task YAML defaults: $HARNESS_TASKS_DIR, else the package data's `tasks` (`harness.resources`)."""
     env = os.environ.get("HARNESS_TASKS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "tasks"
+    if env:
+        return Path(env)
+    from harness.resources import resource_dir
+
+    return resource_dir("tasks")
+
+
+def task_file_data(name: str) -> dict[str, Any]:
+    """The whole parsed `tasks/<name>.yaml`; a missing or malformed file is a `UserError`."""
+    p = tasks_dir() / f"{name}.yaml"
+    if not p.is_file():
+        raise UserError(f"task '{name}': defaults file {p} is missing; the installation is incomplete "
+                        "(reinstall harness) or $HARNESS_TASKS_DIR points at the wrong folder")
+    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict) or not isinstance(data.get("defaults", {}) or {}, dict):
+        raise UserError(f"task '{name}': {p} must be a mapping with a 'defaults' mapping")
+    return data
 
 
 def task_defaults(name: str) -> dict[str, Any]:
-    p = tasks_dir() / f"{name}.yaml"
-    if not p.exists():
-        return {}
-    data = yaml.safe_load(p.read_text()) or {}
-    return data.get("defaults", {}) or {}
+    """`defaults` of `tasks/<name>.yaml` (size, split, seed, options)."""
+    return task_file_data(name).get("defaults", {}) or {}
+
+
+def task_catalog() -> list[dict[str, Any]]:
+    """Every registered task with its description and options: [{name, description, size, split, seed,
+    options: [{name, default, help}]}], sorted by name (`harness tasks list`)."""
+    out = []
+    for name in sorted(TASKS):
+        data = task_file_data(name)
+        d = data.get("defaults", {}) or {}
+        opts, helps = d.get("options", {}) or {}, data.get("help", {}) or {}
+        out.append({
+            "name": name,
+            "description": " ".join(str(data.get("description") or TASKS[name].description).split()),
+            "size": d.get("size"), "split": d.get("split"), "seed": d.get("seed", 0),
+            "options": [{"name": o, "default": opts.get(o), "help": str(helps.get(o, ""))}
+                        for o in TASKS[name].options],
+        })
+    return out
 
 
 def normalize_question(q: str) -> str:

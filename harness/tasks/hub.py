@@ -23,11 +23,13 @@ from typing import Any
 
 from harness.errors import UserError
 from harness.records import Document, Sample
+from harness.resources import financebench_file
 from harness.tasks.base import register_task
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-FINANCEBENCH_DIR = REPO_ROOT.parent / "shared" / "data" / "financebench"
-FINANCEBENCH_FILE = FINANCEBENCH_DIR / "financebench_open_source.jsonl"
+# the FinanceBench open-source sample shipped as package data (harness/resources/data/financebench)
+FINANCEBENCH_FILE = financebench_file()
+FINANCEBENCH_DIR = FINANCEBENCH_FILE.parent
 CHARS_PER_TOKEN = 4
 _COMMON = ("path", "hub_id", "hub_config")
 _JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
@@ -370,7 +372,8 @@ def financebench(size: int | None, seed: int, split: str | None, *, path: str | 
     Schema (`financebench_open_source.jsonl`, same columns on the hub `PatronusAI/financebench`):
     `financebench_id`, `company`, `doc_name`, `question_type`, `question_reasoning`, `question`, `answer`,
     `justification`, `evidence: [{evidence_text, doc_name, evidence_page_num, evidence_text_full_page}]`.
-    With `path` null the local copy under `../shared/data/financebench/` is read when present, else the hub.
+    With `path` null the sample shipped with harness is read (package data, licence CC BY-NC 4.0 in its README);
+    `path` overrides it, and `hub_id` is read only when the shipped file is missing (for the full dataset set `path`).
     Gold documents are the evidence pages (spans = where `evidence_text` occurs on the page). `context: full`
     adds evidence pages of other questions about the same company (seeded order, each only if it fits
     `context_tokens`; gold pages always kept) and shuffles document order. `subset`: numeric (answers that
@@ -381,7 +384,7 @@ def financebench(size: int | None, seed: int, split: str | None, *, path: str | 
     subset = _choice("subset", subset, ("numeric", "all", "text"))
     context = _choice("context", context, ("gold", "full"))
     budget_chars = (_positive("context_tokens", context_tokens) or 0) * CHARS_PER_TOKEN
-    if not path and FINANCEBENCH_FILE.exists():
+    if not path and FINANCEBENCH_FILE.is_file():
         path = str(FINANCEBENCH_FILE)
     rows = []
     for i, row in enumerate(_iter_rows(task, path, hub_id, hub_config, split or "train")):
