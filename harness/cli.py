@@ -1,4 +1,4 @@
-"""The `harness` command: run, sweep, report, compare, models."""
+"""The `harness` command: run, sweep, report, compare, models, tasks, configs."""
 
 from __future__ import annotations
 
@@ -135,6 +135,44 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tasks_list(args: argparse.Namespace) -> int:
+    import textwrap
+
+    from harness.tasks.base import task_catalog
+
+    def val(v: Any) -> str:
+        return yaml.safe_dump(v, default_flow_style=True, width=1000).strip().removesuffix("...").strip()
+
+    for t in task_catalog():
+        print(f"{t['name']}  (size {val(t['size'])}, split {val(t['split'])}, seed {val(t['seed'])})")
+        print(textwrap.fill(t["description"], 116, initial_indent="    ", subsequent_indent="    "))
+        opts = [(f"{o['name']}: {val(o['default'])}", o["help"]) for o in t["options"]]
+        width = max((len(o) for o, _ in opts), default=0)
+        for o, h in opts:
+            print(f"    {o:<{width}}  {h}")
+        print()
+    print("set them in a config: task: {name: NAME, size: N, options: {OPTION: VALUE}}")
+    return 0
+
+
+def cmd_configs_list(args: argparse.Namespace) -> int:
+    from harness.resources import config_catalog
+
+    rows = config_catalog()
+    w = max(len(r["name"]) for r in rows)
+    for r in rows:
+        print(f"{r['name']:<{w}}  {r['kind']:<5}  {r['task'] or '-':<18}  {r['description']}")
+    print("copy one: harness configs show NAME > my.yaml, then harness run my.yaml (a sweep: harness sweep my.yaml)")
+    return 0
+
+
+def cmd_configs_show(args: argparse.Namespace) -> int:
+    from harness.resources import config_text
+
+    sys.stdout.write(config_text(args.name))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description="Evaluate compressor–predictor LLM systems.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -159,6 +197,16 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("cell_a")
     cp.add_argument("cell_b")
     cp.set_defaults(fn=cmd_compare)
+    tk = sub.add_parser("tasks", help="the built-in tasks")
+    tksub = tk.add_subparsers(dest="tcmd", required=True)
+    tksub.add_parser("list", help="every task with its options, defaults and what each does").set_defaults(
+        fn=cmd_tasks_list)
+    cf = sub.add_parser("configs", help="the example configs shipped with harness")
+    cfsub = cf.add_subparsers(dest="ccmd", required=True)
+    cfsub.add_parser("list", help="names, kind (run/sweep), task and description").set_defaults(fn=cmd_configs_list)
+    cs = cfsub.add_parser("show", help="print one (harness configs show quickstart > my.yaml)")
+    cs.add_argument("name")
+    cs.set_defaults(fn=cmd_configs_show)
     m = sub.add_parser("models", help="offline model packs")
     msub = m.add_subparsers(dest="mcmd", required=True)
     ml = msub.add_parser("list", help="aliases and whether each is present")

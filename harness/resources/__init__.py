@@ -81,3 +81,39 @@ def financebench_file() -> Path:
     """Where the shipped FinanceBench open-source sample lives (150 questions; licence notice in the same folder's
     README.md). Not checked here: the loader falls back to the hub when it is missing."""
     return Path(str(resource_dir("data") / "financebench" / "financebench_open_source.jsonl"))
+
+
+def _first_sentence(text: str) -> str:
+    """The leading comment block's first sentence (command lines, indented by 3+ spaces, skipped)."""
+    words: list[str] = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        body = line[1:]
+        if body.startswith("   "):
+            continue
+        words += body.split()
+        joined = " ".join(words)
+        if ". " in joined or joined.endswith("."):
+            break
+    s = " ".join(words)
+    s = s.split(". ", 1)[0].rstrip(".") + "." if s else ""
+    return s if len(s) <= 130 else s[:127] + "..."
+
+
+def config_catalog() -> list[dict[str, Any]]:
+    """Every example config: [{name, kind ("run" or "sweep"), task, description}], sorted by name."""
+    import yaml
+
+    out = []
+    for name in config_names():
+        text = config_text(name)
+        data = yaml.safe_load(text) or {}
+        task = data.get("task") if isinstance(data, dict) else None
+        out.append({
+            "name": name,
+            "kind": "sweep" if isinstance(data, dict) and data.get("sweep") else "run",
+            "task": task.get("name") if isinstance(task, dict) else None,
+            "description": _first_sentence(text),
+        })
+    return out
