@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,7 +146,7 @@ COUNTS = {
 
 def test_schema_created_with_version(url):
     with Store.open(url) as st:
-        assert st.schema_version() == SCHEMA_VERSION == 2
+        assert st.schema_version() == SCHEMA_VERSION == 3
         assert all(st.count(t) == 0 for t in TABLES)
         cols, rows = st.query(f"SELECT * FROM {VIEW_NAME}")
         assert "compressor" in cols and rows == []
@@ -169,6 +170,7 @@ def test_v1_store_migrates_to_one_usage_row_per_call(url):
             db.execute("ALTER TABLE usage DROP COLUMN call_id")
             db.execute("ALTER TABLE usage DROP COLUMN run_id")
             db.execute("CREATE UNIQUE INDEX ux_usage_key ON usage (call_kind, ref_id)")
+            db.execute("DROP TABLE leases")
             db.execute("DELETE FROM schema_version")
             db.execute("INSERT INTO schema_version (version, applied_at) VALUES (1, 'x')")
     db = Db.connect(parse_url(url), create=False)
@@ -177,7 +179,7 @@ def test_v1_store_migrates_to_one_usage_row_per_call(url):
                    "ON CONFLICT DO NOTHING", (cid,))
     db.close()
     with Store.open(url) as st:
-        assert st.schema_version() == 2 and st.count("usage") == 1
+        assert st.schema_version() == SCHEMA_VERSION and st.count("usage") == 1
         st.add_compression(compressor_model_id=mid, task="t", sample_id="s", knob_hash="k", text="b",
                            usage=Usage(4, 2, 0.1), run_id="r")
         assert st.count("usage", call_kind="compress", ref_id=cid) == 2
@@ -198,14 +200,14 @@ def test_migration_hook_runs_for_older_store(url, monkeypatch):
         st.start_run(run_id="r", package_versions={})
     calls = []
 
-    def v2_to_v3(db):
+    def next_version(db):
         calls.append(db.dialect)
         db.execute("ALTER TABLE runs ADD COLUMN note TEXT")
 
-    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 3)
-    monkeypatch.setitem(store_mod.MIGRATIONS, 2, v2_to_v3)
+    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setitem(store_mod.MIGRATIONS, SCHEMA_VERSION, next_version)
     with Store.open(url) as st:
-        assert st.schema_version() == 3 and len(calls) == 1
+        assert st.schema_version() == SCHEMA_VERSION + 1 and len(calls) == 1
         assert "note" in st.query("SELECT * FROM runs")[0] and st.count("runs") == 1
     with Store.open(url) as st:  # already migrated: the hook does not run again
         assert len(calls) == 1
@@ -430,3 +432,107 @@ def test_stored_config_is_redacted(url):
         _populate(st)
         cfg = st.rows("runs")[0]["config_json"]
     assert "sk-secret" not in cfg and REDACTED in cfg and "OPENAI_API_KEY" in cfg
+
+
+# ------------------------------------------------------------------ work leases (no models)
+
+
+def _leases(st: Store, owner: str | None = None, **kw):
+    from harness.store.lease import worker_id
+
+    return st.leases("run-l", owner=owner or worker_id(), heartbeat=kw.pop("heartbeat", False), **kw)
+
+
+def test_v2_store_migrates_to_leases(url):
+    with Store.open(url) as st:
+        with st._db.transaction():
+            st._db.execute("DROP TABLE leases")
+            st._db.execute("DELETE FROM schema_version")
+            st._db.execute("INSERT INTO schema_version (version, applied_at) VALUES (2, 'x')")
+    with Store.open(url) as st:
+        assert st.schema_version() == SCHEMA_VERSION == 3
+        with _leases(st) as a:
+            assert a.claim("compress", "u1") == "claimed"
+
+
+def test_lease_claim_is_exclusive_and_done_is_seen(url):
+    from harness.store.lease import BUSY, CLAIMED, DONE
+
+    with Store.open(url) as s1, Store.open(url) as s2, _leases(s1, ttl=60) as a, _leases(s2, ttl=60) as b:
+        assert a.claim("compress", "u1") == CLAIMED
+        assert a.claim("compress", "u1") == CLAIMED  # its own lease: renewed, not refused
+        assert b.claim("compress", "u1") == BUSY
+        assert b.claim("compress", "u2") == CLAIMED and a.claim("compress", "u2") == BUSY
+        assert b.claim("predict", "u1") == CLAIMED  # the key is (run, stage, unit)
+        a.done("compress", "u1")
+        assert b.claim("compress", "u1") == DONE  # done after b started: skipped
+        assert a.held() == [] and b.held() == [("compress", "u2"), ("predict", "u1")]
+    with Store.open(url) as s3, _leases(s3) as c:  # a worker started later checks finished units again
+        assert c.claim("compress", "u1") == CLAIMED
+
+
+def test_expired_lease_is_taken_over_and_heartbeat_keeps_it(url):
+    from harness.store.lease import BUSY, CLAIMED
+
+    with Store.open(url) as s1, Store.open(url) as s2:
+        a, b = _leases(s1, ttl=0.6), _leases(s2, ttl=0.6)
+        assert a.claim("compress", "u1") == CLAIMED and b.claim("compress", "u1") == BUSY
+        time.sleep(0.8)  # a stopped renewing (as a kill -9 would): the lease expires
+        assert b.claim("compress", "u1") == CLAIMED
+        assert a.claim("compress", "u1") == BUSY  # now it is b's
+        beating = _leases(s1, ttl=0.6, heartbeat=True)
+        assert beating.claim("compress", "u2") == CLAIMED
+        time.sleep(1.5)  # 2.5 TTLs: the heartbeat thread renewed it
+        assert b.claim("compress", "u2") == BUSY
+        beating.close()  # a worker that stops gives its unfinished leases back at once
+        assert b.claim("compress", "u2") == CLAIMED
+        a.close()
+        b.close()
+
+
+def test_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(url):
+    import socket
+    import subprocess
+    import sys
+
+    from harness.store.lease import BUSY, CLAIMED, owner_is_dead, worker_id
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    host = socket.gethostname()
+    me = worker_id()
+    assert owner_is_dead(f"{host}:{pid}:ab", me) and not owner_is_dead(f"{host}:{os.getppid()}:ab", me)
+    assert owner_is_dead(f"{host}:{os.getpid()}:old", me)  # this pid under another id: an earlier process
+    assert not owner_is_dead(f"other-host:{pid}:ab", me) and not owner_is_dead(me, me)
+    with Store.open(url) as s1, Store.open(url) as s2:
+        ghost, other_host = _leases(s1, owner=f"{host}:{pid}:ab", ttl=600), _leases(s1, owner=f"elsewhere:{pid}:ab",
+                                                                                     ttl=600)
+        assert ghost.claim("compress", "u1") == CLAIMED and other_host.claim("compress", "u2") == CLAIMED
+        b = _leases(s2, ttl=600)
+        assert b.claim("compress", "u1") == CLAIMED  # no wait for the 600 s TTL
+        assert b.claim("compress", "u2") == BUSY  # another host's worker: only its TTL tells
+        b.close()
+
+
+def test_each_splits_units_waits_for_the_others_and_gives_back_on_failure(url):
+    from harness.store.lease import CLAIMED
+
+    with Store.open(url) as s1, Store.open(url) as s2:
+        a, b = _leases(s1, ttl=60), _leases(s2, ttl=60, poll=0.01)
+        assert a.claim("compress", "u1") == CLAIMED
+        waits: list[int] = []
+
+        def on_wait(n: int) -> None:  # b has nothing else to do; a finishes u1 while b polls
+            waits.append(n)
+            if len(waits) == 3:
+                a.done("compress", "u1")
+
+        got = list(b.each("compress", ["u1", "u2", "u3"], str, on_wait))
+        assert got == ["u2", "u3"] and waits == [1, 1, 1]
+        assert b.claim("compress", "u2") == "done" == a.claim("compress", "u3")
+        with pytest.raises(RuntimeError):
+            for _ in b.each("predict", ["c1"], str):
+                raise RuntimeError("the unit's work failed")
+        assert a.claim("predict", "c1") == CLAIMED  # given back at once, not after the TTL
+        a.close()
+        b.close()

@@ -1,4 +1,4 @@
-"""The results-store schema (version 2), written once and rendered for SQLite and PostgreSQL.
+"""The results-store schema (version 3), written once and rendered for SQLite and PostgreSQL.
 
 Column types are logical ("pk", "text", "int", "float", "bool", "json", "ts"); `ddl()` maps them per dialect.
 JSON columns hold JSON text (`*_json`), timestamps hold ISO-8601 UTC text, so both backends read back alike.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 STAGES = ("compress", "predict", "score")
 CELL_STATUSES = ("pending", "running", "done", "failed", "skipped")
@@ -261,6 +261,26 @@ TABLES: dict[str, Table] = {
     )
 }
 
+# v3: work leases, so several workers (processes, machines) on one store split a sweep's units instead of repeating
+# them (harness.store.lease). Coordination state, not results: kept out of TABLES (exports, pandas loads). Times are
+# epoch seconds on the database's clock, so workers on machines with skewed clocks agree on expiry.
+LEASES = Table(
+    "leases",
+    (
+        Col("run_id", "text", True),
+        Col("stage", "text", True),
+        Col("unit_key", "text", True),
+        Col("owner", "text", True),  # worker id: host:pid:random
+        Col("acquired_at", "float", True),
+        Col("heartbeat_at", "float", True),
+        Col("expires_at", "float", True),
+        Col("done", "bool", True, "FALSE"),
+        Col("done_at", "float"),
+    ),
+    primary=("run_id", "stage", "unit_key"),
+    indexes=(("owner",),),
+)
+
 # One row per prediction (and metric), with its score, cell, models, compression size and sample group.
 VIEW_NAME = "predictions_scored"
 VIEW_SQL = """
@@ -321,18 +341,25 @@ def _col_sql(c: Col, dialect: str) -> str:
     return " ".join(parts)
 
 
+def table_ddl(t: Table, dialect: str) -> list[str]:
+    """CREATE statements of one table, its natural-key index and its indexes."""
+    body = [_col_sql(c, dialect) for c in t.cols]
+    if t.primary:
+        body.append(f"PRIMARY KEY ({', '.join(t.primary)})")
+    out = [f"CREATE TABLE IF NOT EXISTS {t.name} (\n    " + ",\n    ".join(body) + "\n)"]
+    if t.key:
+        out.append(f"CREATE UNIQUE INDEX IF NOT EXISTS ux_{t.name}_key ON {t.name} ({', '.join(t.key)})")
+    for i, cols in enumerate(t.indexes):
+        out.append(f"CREATE INDEX IF NOT EXISTS ix_{t.name}_{i} ON {t.name} ({', '.join(cols)})")
+    return out
+
+
 def ddl(dialect: str) -> list[str]:
-    """CREATE statements for every table, natural-key index, index and the view, in dependency order."""
+    """CREATE statements for every table (the leases too), natural-key index, index and the view, in dependency
+    order."""
     out: list[str] = []
-    for t in TABLES.values():
-        body = [_col_sql(c, dialect) for c in t.cols]
-        if t.primary:
-            body.append(f"PRIMARY KEY ({', '.join(t.primary)})")
-        out.append(f"CREATE TABLE IF NOT EXISTS {t.name} (\n    " + ",\n    ".join(body) + "\n)")
-        if t.key:
-            out.append(f"CREATE UNIQUE INDEX IF NOT EXISTS ux_{t.name}_key ON {t.name} ({', '.join(t.key)})")
-        for i, cols in enumerate(t.indexes):
-            out.append(f"CREATE INDEX IF NOT EXISTS ix_{t.name}_{i} ON {t.name} ({', '.join(cols)})")
+    for t in (*TABLES.values(), LEASES):
+        out += table_ddl(t, dialect)
     create = "CREATE VIEW IF NOT EXISTS" if dialect == "sqlite" else "CREATE OR REPLACE VIEW"
     out.append(f"{create} {VIEW_NAME} AS {VIEW_SQL}")
     return out

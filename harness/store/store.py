@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import UserError
 from harness.records import Generation, ModelIdentity, Sample, Usage
@@ -33,6 +33,7 @@ from harness.store.redact import redact, redact_text, redact_url
 from harness.store.schema import (
     CALL_KINDS,
     CELL_STATUSES,
+    LEASES,
     RUN_STATUSES,
     SCHEMA_VERSION,
     STAGES,
@@ -41,8 +42,12 @@ from harness.store.schema import (
     VIEW_NAME,
     Table,
     ddl,
+    table_ddl,
     version_table_ddl,
 )
+
+if TYPE_CHECKING:
+    from harness.store.lease import Leases
 
 
 def _v1_to_v2(db: Db) -> None:
@@ -53,8 +58,14 @@ def _v1_to_v2(db: Db) -> None:
     db.execute("CREATE UNIQUE INDEX ux_usage_key ON usage (call_kind, ref_id, call_id)")
 
 
+def _v2_to_v3(db: Db) -> None:
+    """The leases table: workers sharing the store split a sweep's units of work (harness.store.lease)."""
+    for stmt in table_ddl(LEASES, db.dialect):
+        db.execute(stmt)
+
+
 # Migrations: MIGRATIONS[v](db) upgrades a store from version v to v + 1 (runs inside a transaction).
-MIGRATIONS: dict[int, Callable[[Db], None]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[Db], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 _PACKAGES = ("harness", "torch", "transformers", "accelerate", "vllm", "openai", "llama_cpp_python", "numpy", "scipy")
 
@@ -230,6 +241,13 @@ class Store:
         """Group several writes atomically: all commit together, or none do if the block raises."""
         with self._db.transaction():
             yield self
+
+    def leases(self, run_id: str, **kwargs: Any) -> Leases:
+        """Work leases of run `run_id` for one worker, so several workers on this store split its units of work
+        (see `harness.store.lease.Leases`; keyword arguments go to it). Close them before the store."""
+        from harness.store.lease import Leases
+
+        return Leases(self._db, run_id, **kwargs)
 
     # ------------------------------------------------------------------ generic helpers
 
