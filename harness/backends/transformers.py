@@ -252,6 +252,32 @@ class SeededSampler:
         return torch.full_like(scores, float("-inf")).scatter_(1, tok[:, None], 0.0)
 
 
+MAX_PADDING = 0.15  # share of a scoring forward's tokens that may be padding
+
+
+def padded_batches(lengths: list[int], max_rows: int, max_padding: float = MAX_PADDING) -> list[list[int]]:
+    """Cut items into batches of at most `max_rows` rows whose padding stays at most `max_padding` of the batch.
+
+    Items are taken in ascending length; a batch of rows r and width w (its longest item) forwards r·w tokens of
+    which r·w − Σ lengths are padding. Greedy: a batch grows while the next item keeps it within both limits.
+    Returns indices into `lengths`. Items of length 0 (nothing to forward) batch only with each other.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    total = 0
+    for i in order:
+        w = lengths[i]
+        if batches and len(batches[-1]) < max_rows:
+            rows = len(batches[-1]) + 1
+            if rows * w - (total + w) <= max_padding * rows * w:
+                batches[-1].append(i)
+                total += w
+                continue
+        batches.append([i])
+        total = w
+    return batches
+
+
 class TransformersBackend:
     """A causal LM through transformers. Loads lazily; `close()` frees it."""
 
@@ -271,6 +297,7 @@ class TransformersBackend:
         self.kind = backend
         self.dtype = effective_dtype(dtype, device)
         self.batch_size = batch_size
+        self.max_padding = MAX_PADDING  # scoring batches are cut by length to keep padding at most this share
         self.trust_remote_code = trust_remote_code
         self.res = resolve(backend, name, self.dtype, revision, field)
         self._context_window = context_window or self.res.context_length
@@ -491,26 +518,45 @@ class TransformersBackend:
         self._score_independent(singles, items, out)
         return out  # type: ignore[return-value]
 
+    def _cache_kw(self) -> str:
+        """The name under which this model's forward takes a KV cache: `cache` (transformers ≥ 5.24), else the
+        older `past_key_values` (deprecated in 5.24, removed in 5.40)."""
+        if not hasattr(self, "_cache_arg"):
+            import inspect
+
+            params = inspect.signature(self.model.forward).parameters
+            self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        return self._cache_arg
+
+    def _forward(self, ids: Any, att: Any | None = None, **kw: Any) -> Any:
+        """One forward pass; counts its tokens (padding included) in `STATS["forwarded_tokens"]`."""
+        import torch
+
+        with torch.inference_mode():
+            res = self.model(input_ids=ids.to(self.device), attention_mask=None if att is None else att.to(self.device),
+                             **kw)
+        STATS["forwarded_tokens"] += ids.numel()
+        return res
+
     def _score_shared_prefix(self, pre: list[int], idx: list[int], items: list, out: list) -> None:
+        """Forward the prefix once (last logit only), then the continuations in batches cut by length that reuse
+        its KV cache. A continuation's last token is scored, never forwarded, so one-token continuations cost no
+        forward beyond the prefix's."""
         import copy
 
         import torch
 
+        ckw = self._cache_kw()
         t = time.time()
-        with torch.inference_mode():
-            res = self.model(input_ids=torch.tensor([pre], device=self.device), use_cache=True)
-        STATS["forwarded_tokens"] += len(pre)
-        cache = res.past_key_values
+        res = self._forward(torch.tensor([pre]), use_cache=True, logits_to_keep=1)
+        cache = res[ckw]
         first = torch.log_softmax(res.logits[0, -1].float(), -1)
         t_pre = time.time() - t
-        order = sorted(idx, key=lambda i: len(items[i][1]))
-        bs = self.batch_size * 4
         pad = self.tokenizer.pad_token_id
-        for s in range(0, len(order), bs):
-            b = order[s : s + bs]
-            # every continuation has ≥ 1 token (checked in `score`); its last token is scored, never forwarded,
-            # so a batch of one-token continuations needs no forward pass beyond the prefix's
-            width = max(len(items[i][1]) for i in b) - 1
+        lengths = [len(items[i][1]) - 1 for i in idx]
+        for part in padded_batches(lengths, self.batch_size * 4, self.max_padding):
+            b = [idx[k] for k in part]
+            width = max(lengths[k] for k in part)
             t = time.time()
             logits = None
             if width > 0:
@@ -523,11 +569,10 @@ class TransformersBackend:
                     att[r, len(pre) : len(pre) + len(c)] = 1
                 kv = copy.deepcopy(cache)
                 kv.batch_repeat_interleave(len(b))
-                with torch.inference_mode():
-                    logits = self.model(
-                        input_ids=ids.to(self.device), attention_mask=att.to(self.device), past_key_values=kv
-                    ).logits
-                STATS["forwarded_tokens"] += ids.numel()
+                logits = self._forward(ids, att, **{ckw: kv}).logits
+                if kv.get_seq_length() != len(pre) + width:  # the model ignored the cache: fail, never score wrong
+                    raise RuntimeError(f"the model did not extend the prefix's KV cache (passed as `{ckw}`); "
+                                       "this transformers version changed its cache argument")
             dt = (time.time() - t + t_pre * len(b) / len(idx)) / len(b)
             for r, i in enumerate(b):
                 c = items[i][1]
@@ -539,12 +584,18 @@ class TransformersBackend:
                 out[i] = ScoreResult(list(c), vals, Usage(len(pre) + len(c), 0, dt))
 
     def _score_independent(self, idxs: list[int], items: list, out: list) -> None:
+        """Score each request with its own prefix, in batches cut by length; logits only from the first prefix end."""
         import torch
 
-        order = sorted(idxs, key=lambda i: len(items[i][0]) + len(items[i][1]))
+        for i in idxs:
+            if not items[i][0]:
+                out[i] = ScoreResult(items[i][1], [], Usage(0, 0, 0.0),
+                                     error="empty prefix: the first token has no context")
+        idxs = [i for i in idxs if out[i] is None]
         pad = self.tokenizer.pad_token_id
-        for s in range(0, len(order), self.batch_size):
-            b = order[s : s + self.batch_size]
+        lengths = [len(items[i][0]) + len(items[i][1]) for i in idxs]
+        for part in padded_batches(lengths, self.batch_size, self.max_padding):
+            b = [idxs[k] for k in part]
             seqs = [items[i][0] + items[i][1] for i in b]
             width = max(len(x) for x in seqs)
             ids = torch.full((len(b), width), pad, dtype=torch.long)
@@ -552,19 +603,13 @@ class TransformersBackend:
             for r, x in enumerate(seqs):  # right padding
                 ids[r, : len(x)] = torch.tensor(x)
                 att[r, : len(x)] = 1
+            # logits from the earliest position any row scores; position p sits at row index p - start
+            start = min(len(items[i][0]) for i in b) - 1
             t = time.time()
-            with torch.inference_mode():
-                logits = self.model(input_ids=ids.to(self.device), attention_mask=att.to(self.device)).logits
-            STATS["forwarded_tokens"] += ids.numel()
+            logits = self._forward(ids, att, logits_to_keep=width - start).logits
             dt = (time.time() - t) / len(b)
             for r, i in enumerate(b):
                 pre, cont = items[i]
-                if not pre:
-                    out[i] = ScoreResult(
-                        cont, [], Usage(0, 0, 0.0), error="empty prefix: the first token has no context"
-                    )
-                    continue
-                lp = torch.log_softmax(logits[r, len(pre) - 1 : len(pre) + len(cont) - 1].float(), -1)
+                lp = torch.log_softmax(logits[r, len(pre) - 1 - start : len(pre) + len(cont) - 1 - start].float(), -1)
                 vals = lp.gather(1, torch.tensor(cont, device=lp.device)[:, None])[:, 0].tolist()
                 out[i] = ScoreResult(cont, vals, Usage(len(pre) + len(cont), 0, dt))
-
