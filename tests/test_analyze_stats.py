@@ -328,13 +328,14 @@ def test_compare_reports_the_paired_mi_difference_over_shared_contexts(tmp_path,
     assert main(["compare", url, a, b]) == 0
     assert "MI: A − B = " in capsys.readouterr().out
     # the report's MI column shows both intervals: the MC se from detail_json and the population CI from ci_lo/hi
-    from harness.analyze.report import _mi_str, cell_frame
+    from harness.analyze.frames import cell_frame
+    from harness.analyze.render import fmt_mi
     from harness.results import load
 
     cells, _, _ = cell_frame(load(url))
     r = cells.set_index("cell_id").loc[a]
     assert r["mi_mc_se"] is not None and r["mi_mc_se"] > 0
-    assert _mi_str(r) == f"{r['mi_bits']:.2f} ±{r['mi_mc_se']:.2f} MC [pop {r['mi_lo']:.2f}, {r['mi_hi']:.2f}]"
+    assert fmt_mi(r) == f"{r['mi_bits']:.2f} ±{r['mi_mc_se']:.2f} MC [pop {r['mi_lo']:.2f}, {r['mi_hi']:.2f}]"
 
 
 def test_compare_without_per_context_terms_says_why(tmp_path):

@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from harness.analyze.compare import compare_cells
-from harness.analyze.report import build_report, default_out_dir, params_from_meta, parse_family, parse_size
+from harness.analyze.frames import params_from_meta, parse_family, parse_size
+from harness.analyze.report import build_report, default_out_dir
 from harness.cli import main
 from harness.records import Document, ModelIdentity, Sample, Usage
 from harness.store import Store

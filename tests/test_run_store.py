@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from harness import results
-from harness.analyze.report import cell_frame
+from harness.analyze.frames import cell_frame
 from tests.test_faults import KEY, KEY_ENV, FakeOpenAI, _run_cfg
 
 

@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from harness.analyze import stats
-from harness.analyze.report import _f, _isnull, cell_frame, md_table, sample_status
+from harness.analyze.frames import cell_frame, is_null, mean_or_none, sample_status
+from harness.analyze.render import fmt, md_table
 from harness.errors import UserError
 from harness.mi import PairedMIDifference, paired_mi_difference
 
@@ -74,11 +75,6 @@ def _per_pair_values(p: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _mean(s: pd.Series) -> float | None:
-    s = pd.to_numeric(s, errors="coerce").dropna()
-    return float(s.mean()) if len(s) else None
-
-
 def _context_terms(row: pd.Series) -> tuple[dict[str, float], dict[str, float | None]] | None:
     """(context_bits, context_var_bits) keyed by sample id from an MI row's detail_json; None if not stored."""
     d = row.get("detail_json")
@@ -96,7 +92,7 @@ def paired_mi(frames: dict[str, pd.DataFrame], mi_a: Any, mi_b: Any, n_boot: int
     Needs one scorer and mode for both rows and per-context terms in both (rows stored before those were kept
     have none); otherwise (None, the reason). The MC part assumes A's and B's compressions were drawn independently.
     """
-    if _isnull(mi_a) or _isnull(mi_b):
+    if is_null(mi_a) or is_null(mi_b):
         return None, None
     mi = frames["mi_estimates"].set_index("mi_id")
     ra, rb = mi.loc[int(mi_a)], mi.loc[int(mi_b)]
@@ -184,13 +180,13 @@ def compare_cells(url: str | Path, cell_a: str, cell_b: str, n_boot: int = 2000,
         metric = ",".join(sorted(vals["metric_a"].unique()))
         va, vb = vals["value_a"].astype(float).to_numpy(), vals["value_b"].astype(float).to_numpy()
         value = (metric, float(va.mean()), float(vb.mean()), stats.paired_bootstrap_diff(va, vb, n_boot, seed))
-    means = {label: (_mean(good[f"{k}_a"]), _mean(good[f"{k}_b"])) for k, label in PER_PAIR}
+    means = {label: (mean_or_none(good[f"{k}_a"]), mean_or_none(good[f"{k}_b"])) for k, label in PER_PAIR}
     mi = {
         "MI bits": (ca["mi_bits"], cb["mi_bits"]),
         "bits/token": (ca["bits_per_token"], cb["bits_per_token"]),
     }
-    mi = {k: (None if _isnull(x) else float(x), None if _isnull(y) else float(y)) for k, (x, y) in mi.items()}
-    if ca["mi_scorer"] != cb["mi_scorer"] and not _isnull(ca["mi_bits"]) and not _isnull(cb["mi_bits"]):
+    mi = {k: (None if is_null(x) else float(x), None if is_null(y) else float(y)) for k, (x, y) in mi.items()}
+    if ca["mi_scorer"] != cb["mi_scorer"] and not is_null(ca["mi_bits"]) and not is_null(cb["mi_bits"]):
         notes.append(f"MI scored by different models: A {ca['mi_scorer']}, B {cb['mi_scorer']}")
     mi_paired, note = paired_mi(frames, ca["mi_id"], cb["mi_id"], n_boot, seed)
     if note:
@@ -256,7 +252,8 @@ def format_comparison(c: Comparison) -> str:
     ]
     rows = []
     if c.diff is not None:
-        rows.append(["accuracy", _f(c.acc_a), _f(c.acc_b), f"{c.diff.diff:+.3f} [{c.diff.lo:+.3f}, {c.diff.hi:+.3f}]"])
+        d = c.diff
+        rows.append(["accuracy", fmt(c.acc_a), fmt(c.acc_b), f"{d.diff:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}]"])
     else:
         rows.append(["accuracy", "-", "-", "-"])
     if c.value is not None:
@@ -266,9 +263,9 @@ def format_comparison(c: Comparison) -> str:
         if x is None and y is None:
             continue
         spec = ".3g" if label in ("FLOPs", "dollars") else ".2f"
-        rows.append([f"{label} (mean)", _f(x, spec), _f(y, spec), _d(x, y, "+" + spec)])
+        rows.append([f"{label} (mean)", fmt(x, spec), fmt(y, spec), _d(x, y, "+" + spec)])
     for label, (x, y) in c.mi.items():
-        rows.append([label, _f(x, ".3f"), _f(y, ".3f"), _d(x, y, "+.3f")])
+        rows.append([label, fmt(x, ".3f"), fmt(y, ".3f"), _d(x, y, "+.3f")])
     lines.append(md_table(["", "A", "B", "A − B"], rows))
     lines.append("")
     if c.diff is not None:
