@@ -311,17 +311,24 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
 def load_sweep_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
     """A run config with a `sweep` section; `models.predictor` defaults to the first swept predictor."""
     p, data = _read_yaml(path, overrides, "sweep config (see configs/sweep-*.yaml)")
+    return parse_sweep_config(data, str(p))
+
+
+def parse_sweep_config(data: Any, source: str = "config") -> RunConfig:
+    """Validate a sweep config mapping (`load_sweep_config` after reading the file; the Python API's dicts)."""
     if isinstance(data, dict):
+        data = dict(data)
         sw = data.get("sweep")
         if not isinstance(sw, dict):
-            raise UserError(f"{p}: missing 'sweep' section; add sweep.compressors and sweep.predictors")
-        models = data.setdefault("models", {}) or {}
-        data["models"] = models
-        for role, key in (("predictor", "predictors"), ("compressor", "compressors")):
-            first = (sw.get(key) or [None])[0]
-            if isinstance(models, dict) and models.get(role) is None and first is not None:
-                models[role] = {"model": first} if isinstance(first, str) else first
-    return parse_config(data, str(p))
+            raise UserError(f"{source}: missing 'sweep' section; add sweep.compressors and sweep.predictors")
+        models = data.get("models") or {}
+        if isinstance(models, dict):  # anything else is left for validation to name
+            data["models"] = models = dict(models)
+            for role, key in (("predictor", "predictors"), ("compressor", "compressors")):
+                first = (sw.get(key) or [None])[0]
+                if models.get(role) is None and first is not None:
+                    models[role] = {"model": first} if isinstance(first, str) else first
+    return parse_config(data, source)
 
 
 def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
