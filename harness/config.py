@@ -26,7 +26,8 @@ class ModelConfig(_Strict):
     # auto: bfloat16 on a GPU or a CPU with bf16 matrix units (AMX, AVX512-BF16), else float32
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     device: str = "auto"
-    batch_size: int = Field(4, ge=1)
+    # rows per generate call (sampling at 8 decodes 2.4–3.6× faster than at 1); transformers scoring: 4× the rows
+    batch_size: int = Field(8, ge=1)
     revision: str | None = None
     trust_remote_code: bool = False
     context_window: int | None = Field(None, ge=16)
