@@ -33,7 +33,7 @@ def dtype_line(identities: dict[str, dict]) -> str:
 
     from harness.backends.transformers import DTYPE_ENV, cpu_has_fast_bf16
 
-    roles = ", ".join(f"{role} {ident.get('dtype')}" for role, ident in identities.items())
+    roles = ", ".join(f"{role} {ident.get('dtype')}" for role, ident in identities.items() if ident.get("dtype"))
     forced = os.environ.get(DTYPE_ENV) or "unset"
     return f"# dtype: {roles or '-'} ({DTYPE_ENV} {forced}; CPU bf16 units: {'yes' if cpu_has_fast_bf16() else 'no'})"
 

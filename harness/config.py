@@ -7,11 +7,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from harness.errors import UserError
 
-BACKENDS = ("hf", "gguf", "openai", "vllm")
+BACKENDS = ("hf", "gguf", "openai", "vllm", "python")
+#: backends that are language models (every role); `python/` names a compressor function (compressor role only)
+LM_BACKENDS = ("hf", "gguf", "openai", "vllm")
 ARMS = ("compressed", "full-context", "no-context", "gold-context")
 
 
@@ -20,7 +32,11 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
-    """One model role. `model` is a spec `backend/name`, e.g. `gguf/smollm2-135m`."""
+    """One model role. `model` is a spec `backend/name`, e.g. `gguf/smollm2-135m`.
+
+    A compressor may also be `python/<module>:<function>` (a user's own compressor, see harness.compressors.python),
+    called with `options` as keyword arguments.
+    """
 
     model: str
     # auto: bfloat16 on a GPU or a CPU with bf16 matrix units (AMX, AVX512-BF16), else float32
@@ -40,6 +56,26 @@ class ModelConfig(_Strict):
     timeout_s: float = Field(120.0, gt=0)
     scoring: Literal["echo", "vllm-prompt-logprobs", "off"] = "echo"
     tokenizer: str | None = None  # local spec (gguf/alias, hf/folder) whose tokenizer and chat template to use
+    options: dict[str, Any] = Field(default_factory=dict)  # python/ compressors: keyword arguments of the function
+
+    @model_serializer(mode="wrap")
+    def _drop_empty_options(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
+        """`options` is left out of dumps when empty, so every key derived from an LM's config stays as it was."""
+        d = handler(self)
+        if not d.get("options"):
+            d.pop("options", None)
+        return d
+
+    @model_validator(mode="after")
+    def _python_spec(self) -> ModelConfig:
+        if self.backend == "python":
+            mod, sep, fn = self.name.partition(":")
+            if not sep or not mod or not fn:
+                raise ValueError(f"'{self.model}' is not a python compressor spec; write python/<module>:<function>, "
+                                 "e.g. python/mypkg.filters:keep_sentences")
+        elif self.options:
+            raise ValueError(f"options are the keyword arguments of a python/ compressor; '{self.model}' takes none")
+        return self
 
     @field_validator("tokenizer")
     @classmethod
@@ -72,6 +108,15 @@ class Roles(_Strict):
     predictor: ModelConfig
     scorer: ModelConfig | None = None
     judge: ModelConfig | None = None
+
+    @model_validator(mode="after")
+    def _python_only_compresses(self) -> Roles:
+        for role in ("predictor", "scorer", "judge"):
+            mc = getattr(self, role)
+            if mc is not None and mc.backend == "python":
+                raise ValueError(f"models.{role}.model: '{mc.model}' is a python/ compressor; the {role} must be a "
+                                 f"language model ({', '.join(LM_BACKENDS)})")
+        return self
 
 
 class TaskConfig(_Strict):
@@ -249,6 +294,9 @@ class RunConfig(_Strict):
                 raise ValueError("mi needs models.compressor (the channel whose information is measured)")
             if "scorer" in self.mi.scorers and self.models.scorer is None:
                 raise ValueError("mi.scorers lists 'scorer' but models.scorer is not set; add a scorer model")
+            if "self" in self.mi.scorers and self.models.compressor.backend == "python":
+                raise ValueError(f"mi.scorers: '{self.models.compressor.model}' is a python/ compressor, which cannot "
+                                 "score its own output ('self'); set models.scorer and mi.scorers: [scorer]")
         return self
 
     def output_dir(self) -> Path:

@@ -29,6 +29,7 @@ validation. Only numpy/scipy/stdlib; nothing here knows about models. Inputs are
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,7 @@ __all__ = [
     "bits_per_token",
     "conciseness_bits",
     "correctness_bits",
+    "deterministic_mi_bits",
     "estimate_mi",
     "estimate_mi_groups",
     "exact_mi_bits",
@@ -578,6 +580,20 @@ def exact_mi_bits(p_z_given_x: np.ndarray, p_x: np.ndarray | None = None) -> flo
         ratio = np.where(p > 0, p / pz[None, :], 1.0)
         terms = np.where(p > 0, p * np.log2(ratio), 0.0)
     return float(max(0.0, px @ terms.sum(axis=1)))
+
+
+def deterministic_mi_bits(outputs: Sequence[Any]) -> float:
+    """I(X; Z | q) in bits of a deterministic compressor Z = f(X, q), X uniform over the N drawn contexts.
+
+    `outputs[i]` is f(x_i) (any hashable, e.g. the compression text). Then I = H(Z | q) - H(Z | X, q) = H(Z | q),
+    the entropy of the empirical distribution of the outputs: log2 N when all N differ (the estimator's ceiling,
+    "at least this much" of the population MI), 0 when all agree. This is `exact_mi_bits` of the one-hot channel.
+    Any scorer's `estimate_mi` of the same compressions (M = 1) is a lower bound on it (Barber-Agakov).
+    """
+    if len(outputs) == 0:
+        raise ValueError("deterministic_mi_bits needs at least one output")
+    counts = np.array(list(Counter(outputs).values()), dtype=np.float64)
+    return float(stats.entropy(counts, base=2))
 
 
 def bits_per_token(rate_bits: float, mean_tokens: float) -> float:

@@ -113,6 +113,13 @@ def check_models(models: Iterable[tuple[str, ModelConfig]]) -> None:
     from harness.backends.registry import make_backend
 
     for field, mc in models:
+        if mc.backend == "python":  # a user's compressor: its module, function and options (and tokenizer) resolve
+            from harness.compressors.python import resolve
+
+            resolve(mc.model, mc.options, f"{field}.model")
+            if mc.tokenizer:
+                make_backend(ModelConfig(model=mc.tokenizer), field=f"{field}.tokenizer").close()
+            continue
         be = make_backend(mc, field=f"{field}.model")
         try:
             folder = getattr(getattr(be, "res", None), "folder", None)  # transformers: the resolved folder

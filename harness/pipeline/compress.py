@@ -1,21 +1,22 @@
-"""Compression stage: greedy compressions for the `compressed` arm and M sampled ones for MI."""
+"""Compression stage: greedy compressions for the `compressed` arm and M sampled ones for MI, by any compressor
+(`harness.compressors`: an LM, or a `python/` function)."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from harness.compressors import CompressInput, Compressor
 from harness.config import RunConfig
 from harness.pipeline.plan import (  # noqa: F401 (compression keys: defined in plan.py, re-exported here)
     compression_knob_hash,
     compression_knobs,
+    draws_per_context,
     sample_seed,
     sampling_params,
 )
-from harness.pipeline.stages import add_usage, fit_request, params_from, run_generation_stage
-from harness.prompts import render
-from harness.records import Generation, GenRequest, Sample
+from harness.pipeline.stages import add_usage, chunks, params_from
+from harness.records import Generation, GenParams, Sample
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,9 @@ class CompressOutput:
     predictor_kind: str  # which compressions the predictor reads: "greedy" or "sample"
 
 
-def compress_stage(cfg: RunConfig, be: Any, samples: list[Sample], writer: Any, usage: dict[str, float],
+def compress_stage(cfg: RunConfig, comp: Compressor, samples: list[Sample], writer: Any, usage: dict[str, float],
                    progress: Any) -> CompressOutput:
-    """Generate every compression this run needs with one compressor in memory; rows are written as they finish."""
+    """Make every compression this run needs with one compressor in memory; rows are written as they finish."""
     mc = cfg.models.compressor
     assert mc is not None
     want_arm = "compressed" in cfg.arms
@@ -49,10 +50,10 @@ def compress_stage(cfg: RunConfig, be: Any, samples: list[Sample], writer: Any, 
     if want_arm and predictor_kind == "greedy":
         variants.append(("greedy", 0))
     if mi is not None:
-        variants += [("sample", j) for j in range(mi.samples_per_context)]
+        variants += [("sample", j) for j in range(draws_per_context(cfg))]
     out = CompressOutput({}, {}, {}, {}, predictor_kind)
     khash = compression_knob_hash(cfg)
-    jobs: list[tuple[CompKey, GenRequest]] = []
+    jobs: list[tuple[CompKey, tuple[CompressInput, GenParams]]] = []
     seeds: dict[CompKey, int] = {}
 
     def _row(key: CompKey, g: Generation, reused: bool = False) -> dict[str, Any]:
@@ -65,14 +66,11 @@ def compress_stage(cfg: RunConfig, be: Any, samples: list[Sample], writer: Any, 
             "finish_reason": g.finish_reason, "usage": asdict(g.usage), "error": g.error, "reused": reused}
 
     for idx, s in enumerate(samples):
-        out.context_tokens[idx] = be.count_tokens(s.context)
-
-        def build(ctx: str, s: Sample = s) -> GenRequest:
-            return GenRequest.chat(render(cfg.prompts.compressor, question=s.question, context=ctx), greedy)
-
-        req, trunc, err = fit_request(be, build, s.context, cfg.overflow)
-        out.truncated[idx] = trunc
-        if err:
+        out.context_tokens[idx] = comp.count_tokens(s.context)
+        inp, err = comp.prepare(s, cfg.overflow)
+        out.truncated[idx] = inp is not None and inp.truncated
+        if err or inp is None:
+            err = err or "the compressor could not take this sample"
             out.errors[idx] = err
             writer.write("errors", {"sample_id": s.id, "stage": "compress", "error": err})
             continue
@@ -88,7 +86,7 @@ def compress_stage(cfg: RunConfig, be: Any, samples: list[Sample], writer: Any, 
                 add_usage(usage, stored.usage)
                 writer.write("compressions", _row(key, stored, reused=True))
                 continue
-            jobs.append((key, dataclasses.replace(req, params=p)))
+            jobs.append((key, (inp, p)))
 
     def on_done(key: CompKey, g: Generation) -> None:
         add_usage(usage, g.usage)
@@ -105,5 +103,9 @@ def compress_stage(cfg: RunConfig, be: Any, samples: list[Sample], writer: Any, 
 
     if progress is not None:
         progress.total = len(jobs)
-    run_generation_stage(be, jobs, on_done, chunk=max(mc.batch_size, 1) * 2, progress=progress)
+    for part in chunks(jobs, max(mc.batch_size, 1) * 2):
+        for (key, _), g in zip(part, comp.compress([job for _, job in part]), strict=True):
+            on_done(key, g)
+        if progress is not None:
+            progress.update(len(part))
     return out

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from harness.config import RunConfig
-from harness.mi import MIEstimate, bits_per_token, estimate_mi, estimate_mi_groups
-from harness.pipeline.compress import CompKey, CompressOutput, compression_knob_hash
+from harness.mi import MIEstimate, bits_per_token, deterministic_mi_bits, estimate_mi, estimate_mi_groups
+from harness.pipeline.compress import CompKey, CompressOutput, compression_knob_hash, draws_per_context
 from harness.pipeline.stages import progress_bar
 from harness.records import Sample
 from harness.scoring import score_group
@@ -42,7 +42,7 @@ def mi_stage(cfg: RunConfig, scorer: Any, scorer_label: str, compressor_identity
     """
     mi = cfg.mi
     assert mi is not None
-    m = mi.samples_per_context
+    m = draws_per_context(cfg)
     groups = question_groups(cfg, samples)
     desc = f"MI {scorer_label} ← {cfg.models.compressor.model if cfg.models.compressor else '?'}"
     with progress_bar(sum(len(g) ** 2 * m for g in groups), desc, quiet, leave) as bar:
@@ -53,16 +53,19 @@ def _mi_groups(cfg: RunConfig, scorer: Any, scorer_label: str, compressor_identi
                comp: CompressOutput, writer: Any, groups: list[list[int]], progress: Any) -> dict[str, Any]:
     mi = cfg.mi
     assert mi is not None
-    m = mi.samples_per_context
+    m = draws_per_context(cfg)  # 1 for a sampling-free (python/) compressor: its draws would all be one text
+    deterministic = cfg.models.compressor is not None and cfg.models.compressor.backend == "python"
     ident = scorer.identity()
     exact = ident == compressor_identity
     plain = mi.temperature == 1.0
     base = {"task": cfg.task.name, "compressor": cfg.models.compressor.model if cfg.models.compressor else None,
             "scorer": scorer_label, "scorer_identity": ident.key(), "mode": mi.mode, "samples_per_context": m,
             "knob_hash": compression_knob_hash(cfg),
-            "sampling": {"temperature": mi.temperature, "top_p": 1.0, "top_k": 0}}
+            "sampling": {"temperature": mi.temperature, "top_p": 1.0, "top_k": 0} if not deterministic else None,
+            "deterministic": deterministic}
     ok_logp, ok_tokens, fwd, lower, errors, toks = [], [], 0, 0, [], set()
     ctx_terms: list[dict[str, dict[str, float | None]]] = []
+    det_bits: list[tuple[float, int]] = []  # deterministic compressors: (exact drawn-set bits, contexts) per group
     for g in groups:
         gid = samples[g[0]].group_id if mi.mode != "paper" else "all"
         comps = [[comp.results.get(CompKey(idx, "sample", j)) for j in range(m)] for idx in g]
@@ -99,6 +102,9 @@ def _mi_groups(cfg: RunConfig, scorer: Any, scorer_label: str, compressor_identi
         row.update({"mean_tokens": mean_tok, "bits_per_token": bits_per_token(est.bits, mean_tok),
                     "forwarded_tokens": gl.forwarded_tokens, "lower_bound_tokens": gl.lower_bound_tokens,
                     "error": None})
+        if deterministic:  # the exact drawn-set MI H(Z|Q); the scorer's bits are a lower bound on it
+            row["deterministic_bits"] = deterministic_mi_bits([c[0].text for c in comps])
+            det_bits.append((row["deterministic_bits"], len(g)))
         writer.write("mi", row)
         ok_logp.append(gl.logp)
         ok_tokens.append(gl.tokens)
@@ -128,5 +134,7 @@ def _mi_groups(cfg: RunConfig, scorer: Any, scorer_label: str, compressor_identi
             "tokenization": "+".join(sorted(toks)),
             "forwarded_tokens": fwd, "lower_bound_tokens": lower,
             "forwarded_ratio": (fwd / lower) if lower else None, "error": None})
+        if deterministic:  # weighted as the estimate is (terms per group: N_g · 1)
+            overall["deterministic_bits"] = sum(b * n for b, n in det_bits) / sum(n for _, n in det_bits)
     writer.write("mi", overall)
     return overall

@@ -129,6 +129,14 @@ def read_variant(cfg: RunConfig, sample_id: str) -> Variant:
     return Variant("greedy", GREEDY_INDEX, params_from(cfg.generation.compressor, cfg.seed))
 
 
+def draws_per_context(cfg: RunConfig) -> int:
+    """M, the sampled compressions per context for MI: `mi.samples_per_context`, but 1 for a sampling-free
+    compressor (`python/`), whose draws would all be the same text (see harness.compressors.python)."""
+    assert cfg.mi is not None
+    mc = cfg.models.compressor
+    return 1 if mc is not None and mc.backend == "python" else cfg.mi.samples_per_context
+
+
 def compression_variants(cfg: RunConfig, sample_id: str) -> list[Variant]:
     """Every compression a config makes of one sample: the greedy one when the compressed arm reads it, and the
     M sampled ones for MI."""
@@ -136,7 +144,7 @@ def compression_variants(cfg: RunConfig, sample_id: str) -> list[Variant]:
     if "compressed" in cfg.arms and not reads_sampled(cfg):
         out.append(read_variant(cfg, sample_id))
     if cfg.mi is not None:
-        out += [Variant("sample", j, sampling_params(cfg, sample_id, j)) for j in range(cfg.mi.samples_per_context)]
+        out += [Variant("sample", j, sampling_params(cfg, sample_id, j)) for j in range(draws_per_context(cfg))]
     return out
 
 

@@ -153,6 +153,8 @@ def store_mi_row(store: Any, run_id: str, task: str, compressor_id: int, scorer_
     terms keyed by sample id (`context_bits`, `context_var_bits`, for paired comparisons) go to detail_json.
     """
     ci = r.get("ci") or [None, None]
+    # a deterministic (python/) compressor's row also holds the exact drawn-set MI (harness.compressors.python)
+    det = {"deterministic": True, "deterministic_bits": r.get("deterministic_bits")} if r.get("deterministic") else {}
     return store.add_mi_estimate(
         run_id=run_id, task=task, compressor_model_id=compressor_id, scorer_model_id=scorer_id, mode=r["mode"],
         group_id="" if r["group_id"] == "*" else r["group_id"], knob_hash=knob_hash,
@@ -162,5 +164,6 @@ def store_mi_row(store: Any, run_id: str, task: str, compressor_id: int, scorer_
         bits_per_token=r.get("bits_per_token"), mean_tokens=r.get("mean_tokens"), error=r.get("error"),
         detail={k: r.get(k) for k in ("tokenization", "forwarded_tokens", "lower_bound_tokens", "scorer_identity",
                                       "forwarded_ratio", "mc_se_bits", "mc_ci", "context_bits",
-                                      "context_var_bits")},
+                                      "context_var_bits")}
+        | det,
     )

@@ -15,6 +15,7 @@ from harness import __version__
 from harness.backends.base import STATS
 from harness.backends.cache import ResponseCache
 from harness.backends.registry import make_backend
+from harness.compressors import Compressor, make_compressor
 from harness.config import RunConfig
 from harness.pipeline.compress import CompKey, compress_stage
 from harness.pipeline.distortion import bpb_summary, score_continuations
@@ -81,10 +82,12 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
     announce(models)
     cache = ResponseCache(cfg.output.cache) if cfg.output.cache else None
     # resolve every model spec up front (lazy: no weights load here), so a bad spec fails fast
-    comp_be = None
+    compressor: Compressor | None = None
+    comp_be = None  # an LM compressor's backend (its architecture and cost per call)
     if "compressed" in cfg.arms or cfg.mi is not None:
         assert cfg.models.compressor is not None
-        comp_be = make_backend(cfg.models.compressor, field="models.compressor.model", cache=cache)
+        compressor = make_compressor(cfg, field="models.compressor.model", cache=cache)
+        comp_be = getattr(compressor, "backend", None)
     pred_be = make_backend(cfg.models.predictor, field="models.predictor.model", cache=cache)
 
     # each run writes its own folder; earlier runs are never overwritten
@@ -102,8 +105,8 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
     writer.cost = _cost_fn(cfg, {"compressor": comp_be, "predictor": pred_be})
     from harness.cost import model_meta
 
-    if comp_be is not None:
-        writer.model("compressor", comp_be.identity(), model_meta(cfg.models.compressor, comp_be))
+    if compressor is not None:
+        writer.model("compressor", compressor.identity(), model_meta(cfg.models.compressor, comp_be))
     writer.model("predictor", pred_be.identity(), model_meta(cfg.models.predictor, pred_be))
     if cfg.models.scorer is not None and cfg.mi is not None and "scorer" in cfg.mi.scorers:
         sc_be = make_backend(cfg.models.scorer, field="models.scorer.model", cache=cache)
@@ -146,10 +149,10 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
 
     # ---- stage 1: compress, and MI scoring by the compressor itself (one model in memory) ----
     mi_rows: list[dict[str, Any]] = []
-    if comp_be is not None:
-        identities["compressor"] = asdict(comp_be.identity())
+    if compressor is not None:
+        identities["compressor"] = asdict(compressor.identity())
         with progress_bar(0, "compress", quiet, leave=False) as bar:
-            comp = compress_stage(cfg, comp_be, samples, writer, usage["compressor"], bar)
+            comp = compress_stage(cfg, compressor, samples, writer, usage["compressor"], bar)
         index = {s.id: k for k, s in enumerate(samples)}
         for it in items:
             if it.arm != "compressed":
@@ -165,12 +168,12 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
             if g is None or g.error:
                 it.error, it.error_stage = (g.error if g else "no compression"), "compress"
         if cfg.mi is not None and "self" in cfg.mi.scorers:
-            mi_rows.append(mi_stage(cfg, comp_be, "self", comp_be.identity(), samples, comp, writer, quiet=quiet,
-                                    leave=False))
-        comp_be.close()
+            mi_rows.append(mi_stage(cfg, compressor.scorer, "self", compressor.identity(), samples, comp, writer,
+                                    quiet=quiet, leave=False))
+        compressor.close()
         if cfg.mi is not None and "scorer" in cfg.mi.scorers:
             identities["scorer"] = asdict(sc_be.identity())
-            mi_rows.append(mi_stage(cfg, sc_be, cfg.models.scorer.model, comp_be.identity(), samples, comp, writer,
+            mi_rows.append(mi_stage(cfg, sc_be, cfg.models.scorer.model, compressor.identity(), samples, comp, writer,
                                     quiet=quiet, leave=False))
             sc_be.close()
 
@@ -246,7 +249,9 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
     summary = summarize(cfg, items, usage)
     summary["mi"] = mi_rows
     summary["predictor_reads"] = (
-        f"sampled compression j=0 (temperature {cfg.mi.temperature}; the channel MI describes)"
+        "the compressor's output (deterministic: one compression per context)"
+        if cfg.models.compressor is not None and cfg.models.compressor.backend == "python"
+        else f"sampled compression j=0 (temperature {cfg.mi.temperature}; the channel MI describes)"
         if writer.predictor_kind == "sample" and cfg.mi is not None
         else "greedy compressions"
     )
@@ -448,4 +453,9 @@ def format_table(summary: dict[str, Any]) -> str:
                 f"{r['bits_per_token']:.4f}{lb} | {r['saturated_fraction']:.2f} | {ratio} |")
         lines.append("MI: ±MC = Monte Carlo standard error given these contexts (use it to compare compressors on "
                      "the same contexts); [pop lo, hi] = 95% interval resampling contexts")
+        for r in summary["mi"]:
+            if r.get("deterministic") and r.get("deterministic_bits") is not None:
+                lines.append(f"{r['compressor']} is deterministic (one compression per context, M = 1, nothing to "
+                             f"sample: ±n/a MC): exact I(X;Z|Q) = H(Z|Q) over these contexts = "
+                             f"{r['deterministic_bits']:.3f} bits; {r['scorer']}'s estimate is a lower bound on it")
     return "\n".join(lines) + "\n"
