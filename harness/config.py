@@ -186,7 +186,9 @@ class Prompts(_Strict):
         return self
 
 
-class Generation(_Strict):
+class GenerationConfig(_Strict):
+    """How one role generates (the config section); not `harness.records.Generation`, what a backend returns."""
+
     max_new_tokens: int = Field(128, ge=1)
     temperature: float = Field(0.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -194,8 +196,8 @@ class Generation(_Strict):
 
 
 class GenerationSettings(_Strict):
-    compressor: Generation = Generation(max_new_tokens=128)
-    predictor: Generation = Generation(max_new_tokens=24)
+    compressor: GenerationConfig = GenerationConfig(max_new_tokens=128)
+    predictor: GenerationConfig = GenerationConfig(max_new_tokens=24)
 
 
 class Output(_Strict):
