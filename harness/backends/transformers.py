@@ -288,7 +288,7 @@ class TransformersBackend:
         *,
         dtype: str = "auto",
         device: str = "auto",
-        batch_size: int = 4,
+        batch_size: int = 8,
         revision: str | None = None,
         trust_remote_code: bool = False,
         context_window: int | None = None,
