@@ -398,3 +398,135 @@ def test_compare_unknown_cell_is_a_one_line_error(store_url, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: unknown cell 'no/such/cell'") and "\n" not in err
     assert main(["compare", store_url, cell_id("c1", "p1"), cell_id("c1", "p1")]) == 2
+
+
+# ----------------------------------------------------------------------------- the one cell summariser
+
+
+def _usage(pre: str, prompt: int, completion: int, seconds: float, cached: bool, flops: float) -> dict[str, object]:
+    return {f"{pre}prompt_tokens": prompt, f"{pre}completion_tokens": completion, f"{pre}seconds": seconds,
+            f"{pre}cached": cached, f"{pre}flops": flops}  # fmt: skip
+
+
+def test_summarize_cell_counts_means_and_cost():
+    """Pure logic on hand-made sample rows (no store, no model): errors are never wrong answers, accuracy is over
+    the answered samples with a verdict, token_ratio is the mean of per-row ratios, a compression read twice is
+    costed once, and cache hits are free in the actual cost."""
+    from harness.analyze.frames import summarize_cell
+    from harness.metrics import accuracy_with_ci, mean_with_ci
+
+    rows = pd.DataFrame([
+        {"sample_id": "s0", "status": "ok", "correct": True, "metric": "em", "flags_json": "[]", "compression_id": 1,
+         "summary_tokens": 10, "context_tokens": 100, **_usage("pred_", 50, 2, 0.5, False, 1e9),
+         **_usage("comp_", 100, 10, 1.0, False, 1e10)},
+        {"sample_id": "s1", "status": "ok", "correct": False, "metric": "em", "flags_json": '["unparseable"]',
+         "compression_id": 1, "summary_tokens": 10, "context_tokens": 100, "prediction_truncated": True,
+         **_usage("pred_", 50, 2, 0.3, True, 1e9), **_usage("comp_", 100, 10, 1.0, False, 1e10)},
+        {"sample_id": "s2", "status": "error", "error_stage": "predict", "compression_id": 2, "summary_tokens": 30,
+         "context_tokens": 50, "compression_truncated": True, **_usage("comp_", 100, 30, 2.0, True, 2e10)},
+        {"sample_id": "s3", "status": "error", "error_stage": "compress", "compression_id": 3,
+         "compression_error": "CUDA OOM", "context_tokens": 100},
+        {"sample_id": "s4", "status": "value", "metric": "bits_per_byte", "value": 1.5, "flags_json": ["x"]},
+        {"sample_id": "s5", "status": "value", "metric": "bits_per_byte", "value": 2.5},
+    ])  # fmt: skip
+    s = summarize_cell(rows)
+    assert (s["samples"], s["errors"], s["answered"], s["n"], s["correct"], s["scored"]) == (6, 2, 4, 2, 1, 4)
+    assert (s["errors_compress"], s["errors_predict"], s["errors_score"]) == (1, 1, 0)
+    assert (s["accuracy"], s["acc_lo"], s["acc_hi"]) == pytest.approx(accuracy_with_ci([True, False]))
+    assert (s["unparseable"], s["truncated"], s["metric"]) == (1, 2, "em")
+    assert s["summary_tokens"] == pytest.approx(50 / 3)
+    assert s["token_ratio"] == pytest.approx((0.1 + 0.1 + 0.6) / 3)  # not 50/250
+    assert (s["n_value"], s["value_metric"]) == (2, "bits_per_byte")
+    assert (s["value_mean"], s["value_lo"], s["value_hi"]) == pytest.approx(mean_with_ci([1.5, 2.5]))
+    assert (s["pred_calls"], s["pred_cached"], s["pred_prompt_tokens"]) == (2, 1, 100)
+    assert (s["comp_calls"], s["comp_cached"], s["comp_completion_tokens"]) == (2, 1, 40)  # compression 1 once
+    assert s["pred_seconds_actual"] == pytest.approx(0.5) and s["comp_seconds_actual"] == pytest.approx(1.0)
+    assert s["usage_rows"] == 4 and s["cached_calls"] == 2 and s["tokens"] == 200 + 40 + 100 + 4
+    assert s["seconds"] == pytest.approx(0.5 + 0.3 + 1.0 + 2.0)
+    assert s["flops"] == pytest.approx(2e9 + 3e10) and s["flops_actual"] == pytest.approx(1e9 + 1e10)
+    assert s["dollars"] is None and s["dollars_actual"] is None
+    empty = summarize_cell(pd.DataFrame(columns=["status"]))
+    assert (empty["samples"], empty["accuracy"], empty["token_ratio"], empty["tokens"]) == (0, None, None, None)
+
+
+def test_sweep_table_is_the_report_cell_summary(store_url):
+    """`harness sweep`'s table comes from the report's summariser: n counts every sample of the cell, errors
+    include an errored compression and an overflow that left no prediction row, accuracy is the report's."""
+    from harness.analyze.frames import cell_frame
+    from harness.analyze.render import fmt_accuracy
+    from harness.pipeline.sweep import cell_table
+    from harness.results import load
+
+    build_store(store_url)
+    with Store.open(store_url) as st:
+        table = cell_table(st, RUN)
+    assert table.splitlines()[0] == "| cell | n | accuracy [95% CI] | errors | summary_tok | token_ratio |"
+    cells = cell_frame(load(store_url), RUN)[0].set_index("cell_id")
+    for (c, p), plan in PLAN.items():
+        _, _, errors = _planted_acc(plan)
+        cid = cell_id(c, p)
+        row = _row(table, cid)
+        assert row == [cid, str(N), fmt_accuracy(cells.loc[cid]), str(errors),
+                       "-" if c == "-" else f"{SUMMARY_TOKENS[c]:.1f}",
+                       "-" if c == "-" else f"{SUMMARY_TOKENS[c] / CONTEXT_TOKENS:.3f}"], cid  # fmt: skip
+        assert cells.loc[cid, "samples"] == N and cells.loc[cid, "answered"] == N - errors
+
+
+def test_run_summary_is_the_cell_summary():
+    """Pure logic (hand-made items and scores, no model): `harness run`'s per-arm numbers are the summariser's:
+    an errored item is counted under errors and not as wrong, unparseable and truncated are counted, token_ratio is
+    `metrics.token_ratio` per compression, and a bits-per-byte interval is clipped at 0."""
+    from harness.config import parse_config
+    from harness.metrics import MetricResult, accuracy_with_ci, mean_with_ci
+    from harness.pipeline.run import summarize
+    from harness.pipeline.stages import Item
+    from harness.records import Generation
+
+    cfg = parse_config({"task": {"name": "synthetic-records"}, "arms": ["compressed", "no-context"],
+                        "models": {"compressor": {"model": "gguf/smollm2-135m"},
+                                   "predictor": {"model": "gguf/smollm2-135m"}}})  # fmt: skip
+    smp = [Sample(f"s{i}", "q?", (Document("d", "x"),), ("1",)) for i in range(4)]
+
+    def gen(n_tok: int, err: str | None = None, cached: bool = False) -> Generation:
+        return Generation("z", list(range(n_tok)), None, Usage(40, n_tok, 0.5, cached), error=err)
+
+    items = [
+        Item(smp[0], "compressed", 100, gen(10), prediction=gen(2), score=MetricResult("em", 1.0, True, "1")),
+        Item(smp[1], "compressed", 200, gen(20), prediction=gen(2, cached=True), prediction_truncated=True,
+             score=MetricResult("em", 0.0, False, None, ("unparseable",))),
+        Item(smp[2], "compressed", 100, gen(0, "CUDA OOM"), error="CUDA OOM", error_stage="compress"),
+        Item(smp[3], "compressed", 100, gen(30), prediction=gen(2, "timeout"), error="timeout", error_stage="predict"),
+        Item(smp[0], "no-context", score=MetricResult("bits_per_byte", 0.1, None, None), prediction=gen(0)),
+        Item(smp[1], "no-context", score=MetricResult("bits_per_byte", 3.0, None, None), prediction=gen(0)),
+    ]  # fmt: skip
+    comp, bpb = summarize(cfg, items, {})["rows"]
+    assert (comp["n"], comp["errors"], comp["answered"], comp["scored"]) == (4, 2, 2, 2)
+    assert comp["accuracy"] == 0.5 and comp["accuracy_ci"] == pytest.approx(accuracy_with_ci([True, False])[1:])
+    assert (comp["unparseable"], comp["truncated"]) == (1, 1)
+    assert comp["summary_tokens"] == pytest.approx(20.0)  # 10, 20 and 30 tokens; the errored compression not
+    assert comp["token_ratio"] == pytest.approx((0.1 + 0.1 + 0.3) / 3)
+    assert comp["predictor_usage"] == {"calls": 3, "prompt_tokens": 120, "completion_tokens": 6,
+                                       "seconds": pytest.approx(1.0), "cached": 1}  # fmt: skip
+    m, lo, hi = mean_with_ci([0.1, 3.0])
+    assert bpb["accuracy"] is None and bpb["bits_per_byte"] == pytest.approx(m) and lo < 0
+    assert bpb["bits_per_byte_ci"] == pytest.approx([0.0, hi])
+
+
+def test_analyze_modules_import_no_private_names():
+    """No module of `harness` imports a private (_-prefixed) name from `harness.analyze`, and no analyze module
+    imports one from anywhere in `harness`."""
+    import ast
+    from pathlib import Path
+
+    import harness
+
+    root = Path(harness.__file__).parent
+    bad = []
+    for path in root.rglob("*.py"):
+        in_analyze = path.parent.name == "analyze"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("harness"):
+                if in_analyze or node.module.startswith("harness.analyze"):
+                    bad += [f"{path.relative_to(root)}: {node.module}.{a.name}" for a in node.names
+                            if a.name.startswith("_")]  # fmt: skip
+    assert not bad, bad

@@ -126,6 +126,7 @@ def model_infos(models: pd.DataFrame) -> dict[int, ModelInfo]:
 
 
 def is_null(v: Any) -> bool:
+    """None, pd.NA or a float NaN."""
     return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
 
 
@@ -223,11 +224,13 @@ def knob_summaries(knobs_json: pd.Series) -> list[str]:
 
 
 def sum_or_none(s: pd.Series) -> float | None:
+    """The sum of the numeric values, None when there are none."""
     s = pd.to_numeric(s, errors="coerce").dropna()
     return float(s.sum()) if len(s) else None
 
 
 def mean_or_none(s: pd.Series) -> float | None:
+    """The mean of the numeric values, None when there are none."""
     s = pd.to_numeric(s, errors="coerce").dropna()
     return float(s.mean()) if len(s) else None
 
@@ -241,6 +244,7 @@ class MIChoice:
 
 
 def pooled_mi_rows(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The error-free pooled MI estimates (group_id '') of the store."""
     mi = frames["mi_estimates"]
     return mi[(mi["group_id"] == "") & mi["error"].isna() & mi["bits"].notna()]
 
@@ -274,6 +278,8 @@ def choose_mi_scorers(mi: pd.DataFrame, cells: pd.DataFrame, infos: dict[int, Mo
 
 
 def pick_mi(mi: pd.DataFrame, cell: pd.Series, scorer: int | None) -> pd.Series | None:
+    """The pooled MI row for a cell's compressor and task (by `scorer` when given): the cell's own run first, then
+    self-scored, the cell's knob hash, conditional mode, the newest; None when there is none."""
     m = mi[(mi["task"] == cell["task"]) & (mi["compressor_model_id"] == cell["compressor_model_id"])]
     if m.empty:
         return None

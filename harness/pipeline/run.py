@@ -18,7 +18,7 @@ from harness.backends.registry import make_backend
 from harness.compressors import Compressor, make_compressor
 from harness.config import RunConfig
 from harness.pipeline.compress import CompKey, compress_stage
-from harness.pipeline.distortion import bpb_summary, score_continuations
+from harness.pipeline.distortion import score_continuations
 from harness.pipeline.mi_stage import mi_stage
 from harness.pipeline.record import Recorder
 from harness.pipeline.stages import Item, add_usage, fit_request, params_from, progress_bar, run_generation_stage
@@ -305,40 +305,58 @@ def judge_stage(
     return out
 
 
+def sample_rows(items: list[Item]) -> list[dict[str, Any]]:
+    """The items as the cell summariser's sample rows (`harness.analyze.frames.SAMPLE_COLUMNS`)."""
+    rows = []
+    for k, it in enumerate(items):
+        sc, c = it.score, it.compression
+        status = "error" if it.error else ("" if sc is None else ("ok" if sc.correct is not None else "value"))
+        u = it.prediction.usage if it.prediction is not None else it.extra.get("predictor_usage")
+        rows.append({
+            "sample_id": it.sample.id, "status": status, "error_stage": it.error_stage if it.error else None,
+            "metric": None if sc is None else sc.name, "correct": None if sc is None else sc.correct,
+            "value": None if sc is None else sc.value, "flags_json": [] if sc is None else list(sc.flags),
+            "compression_id": None if c is None else k, "compression_error": None if c is None else c.error,
+            "summary_tokens": None if c is None else (len(c.token_ids) or c.usage.completion_tokens),
+            "context_tokens": it.context_tokens, "compression_truncated": it.compression_truncated,
+            "prediction_truncated": it.prediction_truncated,
+            **({} if u is None else {"pred_prompt_tokens": u.prompt_tokens, "pred_completion_tokens":
+                                     u.completion_tokens, "pred_seconds": u.seconds, "pred_cached": u.cached}),
+        })  # fmt: skip
+    return rows
+
+
 def summarize(cfg: RunConfig, items: list[Item], usage: dict[str, dict[str, float]]) -> dict[str, Any]:
-    from harness.metrics import accuracy_with_ci
+    """Per arm, the cell summariser's numbers (`harness.analyze.frames.summarize_cell`) under the run's keys."""
+    import pandas as pd
+
+    from harness.analyze.frames import SAMPLE_COLUMNS, summarize_cell
 
     rows = []
     for arm in cfg.arms:
-        its = [it for it in items if it.arm == arm]
-        scored = [it for it in its if it.score is not None]
-        graded = [it for it in scored if it.score.correct is not None]  # bits per byte has no right answer
-        bpb = [it.score.value for it in scored if it.score.name == "bits_per_byte"]
-        errors = [it for it in its if it.error]
-        comp = [it for it in its if it.compression is not None and not it.compression.error]
-        ntok = [len(it.compression.token_ids) or it.compression.usage.completion_tokens for it in comp]
-        ratios = [n / it.context_tokens for n, it in zip(ntok, comp, strict=True) if it.context_tokens]
+        s = summarize_cell(pd.DataFrame(sample_rows([it for it in items if it.arm == arm]), columns=SAMPLE_COLUMNS))
         row: dict[str, Any] = {
             "arm": arm,
             "compressor": cfg.models.compressor.model if arm == "compressed" and cfg.models.compressor else "-",
             "predictor": cfg.models.predictor.model,
-            "n": len(its),
-            "scored": len(scored),
-            "errors": len(errors),
-            "answered": len(its) - len(errors),  # accuracy is over these (n - errors)
-            "accuracy": (sum(it.score.correct for it in graded) / len(graded)) if graded else None,
-            "accuracy_ci": list(accuracy_with_ci([it.score.correct for it in graded])[1:]) if graded else None,
-            **bpb_summary(bpb),  # distortion arms: mean bits per byte with its 95% CI (None elsewhere)
-            "unparseable": sum("unparseable" in it.score.flags for it in scored),
-            "truncated": sum(it.compression_truncated or it.prediction_truncated for it in its),
-            "summary_tokens": (sum(ntok) / len(ntok)) if ntok else None,
-            "token_ratio": (sum(ratios) / len(ratios)) if ratios else None,
-        }
-        pu: dict[str, float] = {}
-        for it in its:
-            if it.prediction is not None or "predictor_usage" in it.extra:
-                add_usage(pu, it.prediction.usage if it.prediction is not None else it.extra["predictor_usage"])
-        row["predictor_usage"] = pu
+            "n": s["samples"],
+            "scored": s["scored"],
+            "errors": s["errors"],
+            "answered": s["answered"],  # accuracy is over these (n - errors)
+            "accuracy": s["accuracy"],
+            "accuracy_ci": None if s["accuracy"] is None else [s["acc_lo"], s["acc_hi"]],
+            # distortion arms: mean bits per byte with its 95% CI, lo clipped at 0 (None elsewhere)
+            "bits_per_byte": s["value_mean"],
+            "bits_per_byte_ci": None if s["value_lo"] is None else [max(0.0, s["value_lo"]), s["value_hi"]],
+            "unparseable": s["unparseable"],
+            "truncated": s["truncated"],
+            "summary_tokens": s["summary_tokens"],
+            "token_ratio": s["token_ratio"],
+            "predictor_usage": {} if not s["pred_calls"] else {
+                "calls": s["pred_calls"], "prompt_tokens": int(s["pred_prompt_tokens"]),
+                "completion_tokens": int(s["pred_completion_tokens"]), "seconds": s["pred_seconds_actual"] or 0.0,
+                "cached": s["pred_cached"]},
+        }  # fmt: skip
         rows.append(row)
     return {
         "name": cfg.name,

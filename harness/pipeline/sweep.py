@@ -447,35 +447,17 @@ class _ContinuationWriter:
 
 
 def cell_table(store: Any, run_id: str) -> str:
-    """Per-cell markdown table from the store: accuracy with Wilson 95% CI, errors, summary tokens."""
-    from harness.metrics import accuracy_with_ci
+    """Per-cell markdown table from the store, by the one cell summariser (`harness.analyze.frames.cell_frame`):
+    n samples, accuracy with its Wilson 95% CI over the answered ones, errors, summary tokens, token_ratio."""
+    from harness.analyze.frames import cell_frame
+    from harness.analyze.render import fmt, fmt_accuracy, md_table
+    from harness.results import load_store
 
-    _, rows = store.query(
-        "SELECT c.cell_id, p.prediction_id, p.error, s.correct, co.n_tokens, co.context_tokens "
-        "FROM cells c JOIN predictions p ON p.cell_id = c.cell_id "
-        "LEFT JOIN scores s ON s.prediction_id = p.prediction_id "
-        "LEFT JOIN compressions co ON co.compression_id = p.compression_id "
-        "WHERE c.run_id = ? ORDER BY c.cell_id, p.prediction_id",
-        (run_id,),
-    )
-    cells: dict[str, list[tuple[Any, ...]]] = {}
-    for r in rows:
-        cells.setdefault(r[0], []).append(r)
-    lines = ["| cell | n | accuracy [95% CI] | errors | summary_tok | token_ratio |", "|---|---|---|---|---|---|"]
-    for cid, rs in cells.items():
-        ok = [bool(r[3]) for r in rs if r[2] is None and r[3] is not None]
-        errs = sum(r[2] is not None for r in rs)
-        toks = [r[4] for r in rs if r[4] is not None]
-        ratios = [r[4] / r[5] for r in rs if r[4] is not None and r[5]]
-        if ok:
-            acc, lo, hi = accuracy_with_ci(ok)
-            a = f"{acc:.3f} [{lo:.2f}, {hi:.2f}]"
-        else:
-            a = "-"
-        st = f"{sum(toks) / len(toks):.1f}" if toks else "-"
-        tr = f"{sum(ratios) / len(ratios):.3f}" if ratios else "-"
-        lines.append(f"| {cid} | {len(rs)} | {a} | {errs} | {st} | {tr} |")
-    return "\n".join(lines) + "\n"
+    cells, _, _ = cell_frame(load_store(store), run_id)
+    cells = cells[cells["samples"] > 0].sort_values("cell_id")
+    rows = [[str(c["cell_id"]), str(c["samples"]), fmt_accuracy(c), str(c["errors"]), fmt(c["summary_tokens"], ".1f"),
+             fmt(c["token_ratio"], ".3f")] for _, c in cells.iterrows()]
+    return md_table(["cell", "n", "accuracy [95% CI]", "errors", "summary_tok", "token_ratio"], rows) + "\n"
 
 
 def run_sweep(cfg: RunConfig, *, retry_errors: bool = False, quiet: bool = False) -> dict[str, Any]:
