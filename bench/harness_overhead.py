@@ -99,7 +99,8 @@ def patch_harness(tm: Timers) -> None:
     TB = TransformersBackend
     tm.patch(TB, "count_prompt_tokens", "token counting (fit_request, context_tokens)")
     tm.patch(TB, "count_tokens", "token counting (fit_request, context_tokens)")
-    tm.patch(Recorder, "write", "row writes (JSONL + store)")
+    for name in ("sample", "compression", "prediction", "score", "error", "mi"):
+        tm.patch(Recorder, name, "row writes (JSONL + store)")
     for name in ("open", "start_run", "add_samples", "model_id", "upsert_cell", "finish_run", "close"):
         tm.patch(Store, name, "store setup / finish")
     tm.patch(run_mod, "_git_commit", "git rev-parse (subprocess)")

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from harness.compressors import CompressInput, Compressor
@@ -15,6 +16,8 @@ from harness.pipeline.plan import (  # noqa: F401 (compression keys: defined in 
     sample_seed,
     sampling_params,
 )
+from harness.pipeline.record import Recorder
+from harness.pipeline.sinks import CompressionRecord, ErrorRecord
 from harness.pipeline.stages import add_usage, chunks, params_from
 from harness.records import Generation, GenParams, Sample
 
@@ -37,7 +40,25 @@ class CompressOutput:
     predictor_kind: str  # which compressions the predictor reads: "greedy" or "sample"
 
 
-def compress_stage(cfg: RunConfig, comp: Compressor, samples: list[Sample], writer: Any, usage: dict[str, float],
+def run_compress_jobs(jobs: list[tuple[Any, Compressor, CompressInput, GenParams]],
+                      on_done: Callable[[Any, Generation], None], chunk: int, progress: Any = None) -> None:
+    """Compress `(key, compressor, input, params)` jobs in chunks of `chunk` (each compressor's consecutive jobs in
+    one call); `on_done(key, compression)` runs as each chunk finishes, so rows are written as work finishes."""
+    for part in chunks(jobs, max(chunk, 1)):
+        a = 0
+        while a < len(part):
+            comp = part[a][1]
+            b = a
+            while b < len(part) and part[b][1] is comp:
+                b += 1
+            for (key, _, _, _), g in zip(part[a:b], comp.compress([(i, p) for _, _, i, p in part[a:b]]), strict=True):
+                on_done(key, g)
+            a = b
+        if progress is not None:
+            progress.update(len(part))
+
+
+def compress_stage(cfg: RunConfig, comp: Compressor, samples: list[Sample], writer: Recorder, usage: dict[str, float],
                    progress: Any) -> CompressOutput:
     """Make every compression this run needs with one compressor in memory; rows are written as they finish."""
     mc = cfg.models.compressor
@@ -53,17 +74,12 @@ def compress_stage(cfg: RunConfig, comp: Compressor, samples: list[Sample], writ
         variants += [("sample", j) for j in range(draws_per_context(cfg))]
     out = CompressOutput({}, {}, {}, {}, predictor_kind)
     khash = compression_knob_hash(cfg)
-    jobs: list[tuple[CompKey, tuple[CompressInput, GenParams]]] = []
+    jobs: list[tuple[Any, Compressor, CompressInput, GenParams]] = []
     seeds: dict[CompKey, int] = {}
 
-    def _row(key: CompKey, g: Generation, reused: bool = False) -> dict[str, Any]:
-        return {
-            "sample_id": samples[key.idx].id, "compressor": mc.model, "kind": key.kind, "j": key.j,
-            "knob_hash": khash,
-            "seed": seeds[key],
-            "text": g.text, "token_ids": g.token_ids, "n_tokens": len(g.token_ids) or g.usage.completion_tokens,
-            "context_tokens": out.context_tokens[key.idx], "truncated_prompt": out.truncated[key.idx],
-            "finish_reason": g.finish_reason, "usage": asdict(g.usage), "error": g.error, "reused": reused}
+    def _record(key: CompKey, g: Generation, reused: bool = False) -> CompressionRecord:
+        return CompressionRecord(samples[key.idx].id, mc.model, key.kind, key.j, khash, seeds[key], g,
+                                 out.context_tokens[key.idx], out.truncated[key.idx], reused)
 
     for idx, s in enumerate(samples):
         out.context_tokens[idx] = comp.count_tokens(s.context)
@@ -72,7 +88,7 @@ def compress_stage(cfg: RunConfig, comp: Compressor, samples: list[Sample], writ
         if err or inp is None:
             err = err or "the compressor could not take this sample"
             out.errors[idx] = err
-            writer.write("errors", {"sample_id": s.id, "stage": "compress", "error": err})
+            writer.error(ErrorRecord(s.id, "compress", err))
             continue
         for kind, j in variants:
             p = greedy if kind == "greedy" else sampling_params(cfg, s.id, j)
@@ -84,28 +100,23 @@ def compress_stage(cfg: RunConfig, comp: Compressor, samples: list[Sample], writ
             if stored is not None:
                 out.results[key] = stored
                 add_usage(usage, stored.usage)
-                writer.write("compressions", _row(key, stored, reused=True))
+                writer.compression(_record(key, stored, reused=True))
                 continue
-            jobs.append((key, (inp, p)))
+            jobs.append((key, comp, inp, p))
 
     def on_done(key: CompKey, g: Generation) -> None:
         add_usage(usage, g.usage)
         sid = samples[key.idx].id
         if g.error:  # kept per run in the errors table, whatever later runs store for this compression
             read = key.kind == predictor_kind and key.j == 0  # the compression the predictor would read
-            writer.write("errors", {"sample_id": sid, "stage": "compress", "error": g.error,
-                                    "ref_kind": "compression" if read else "mi_sample",
-                                    "ref_id": f"{key.kind}:{key.j}"})
-        writer.write("compressions", _row(key, g))
+            writer.error(ErrorRecord(sid, "compress", g.error, ref_kind="compression" if read else "mi_sample",
+                                     ref_id=f"{key.kind}:{key.j}"))
+        writer.compression(_record(key, g))
         # a concurrent run may have stored its compression first: read the stored text, never one the store lacks
         kept = None if g.error else writer.stored_compression(sid, key.kind, key.j, seeds[key], khash)
         out.results[key] = kept if kept is not None and kept.text != g.text else g
 
     if progress is not None:
         progress.total = len(jobs)
-    for part in chunks(jobs, max(mc.batch_size, 1) * 2):
-        for (key, _), g in zip(part, comp.compress([job for _, job in part]), strict=True):
-            on_done(key, g)
-        if progress is not None:
-            progress.update(len(part))
+    run_compress_jobs(jobs, on_done, max(mc.batch_size, 1) * 2, progress)
     return out

@@ -16,12 +16,12 @@ sample an error with that one-line message.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 from typing import Any
 
 from harness.config import RunConfig
 from harness.errors import UserError
 from harness.metrics import MetricResult, bits_per_byte, mean_with_ci
+from harness.pipeline.sinks import ErrorRecord, PredictionRecord, ScoreRecord, Sink
 from harness.pipeline.stages import Item, add_usage, chunks, fit_request
 from harness.prompts import arm_input, arm_messages
 from harness.records import GenParams, GenRequest, ScoreResult, Usage
@@ -34,7 +34,7 @@ def is_continuation(it: Item) -> bool:
     return it.sample.answer_type == "continuation"
 
 
-def score_continuations(backend: Any, items: list[Item], cfg: RunConfig, writer: Any, usage: dict[str, float],
+def score_continuations(backend: Any, items: list[Item], cfg: RunConfig, writer: Sink, usage: dict[str, float],
                         progress: Any = None) -> list[Item]:
     """Score the reference continuation of every error-free, unscored continuation item; returns those items.
 
@@ -116,12 +116,12 @@ def bpb_summary(values: list[float]) -> dict[str, Any]:
     return {"bits_per_byte": m, "bits_per_byte_ci": None if lo is None else [max(0.0, lo), hi]}
 
 
-def _fail(it: Item, writer: Any, error: str) -> None:
+def _fail(it: Item, writer: Sink, error: str) -> None:
     it.error, it.error_stage = error, "predict"
-    writer.write("errors", {"sample_id": it.sample.id, "arm": it.arm, "stage": "predict", "error": error})
+    writer.error(ErrorRecord(it.sample.id, "predict", error, arm=it.arm))
 
 
-def _record(it: Item, r: ScoreResult, cfg: RunConfig, writer: Any, usage: dict[str, float]) -> None:
+def _record(it: Item, r: ScoreResult, cfg: RunConfig, writer: Sink, usage: dict[str, float]) -> None:
     reference = it.sample.answers[0]
     add_usage(usage, r.usage)
     it.extra["predictor_usage"] = r.usage
@@ -130,11 +130,8 @@ def _record(it: Item, r: ScoreResult, cfg: RunConfig, writer: Any, usage: dict[s
         error = "the scorer returned no log-probs for the reference continuation"
     if error is None and not math.isfinite(r.total):
         error = f"non-finite log-prob of the reference continuation ({r.total})"
-    writer.write("predictions", {
-        "sample_id": it.sample.id, "arm": it.arm, "predictor": cfg.models.predictor.model, "text": "",
-        "kind": "score-reference", "truncated_prompt": it.prediction_truncated, "usage": asdict(r.usage),
-        "error": error,
-    })
+    writer.prediction(PredictionRecord(it.sample.id, it.arm, cfg.models.predictor.model, "", r.usage,
+                                       it.prediction_truncated, error, kind="score-reference"))
     if error is not None:
         _fail(it, writer, error)
         return
@@ -144,7 +141,4 @@ def _record(it: Item, r: ScoreResult, cfg: RunConfig, writer: Any, usage: dict[s
               "bits_per_token": -r.total / math.log(2) / len(r.logprobs), "end_of_turn_scored": False,
               "truncated_prompt": it.prediction_truncated}
     it.score = MetricResult(METRIC, bpb, None, None, (), detail)
-    writer.write("scores", {
-        "sample_id": it.sample.id, "arm": it.arm, "metric": METRIC, "value": bpb, "correct": None, "parsed": None,
-        "flags": list(it.score.flags), "detail": detail,
-    })
+    writer.score(ScoreRecord(it.sample.id, it.arm, it.score))

@@ -10,6 +10,7 @@ import numpy as np
 from harness.config import RunConfig
 from harness.mi import MIEstimate, bits_per_token, deterministic_mi_bits, estimate_mi, estimate_mi_groups
 from harness.pipeline.compress import CompKey, CompressOutput, compression_knob_hash, draws_per_context
+from harness.pipeline.sinks import Sink
 from harness.pipeline.stages import progress_bar
 from harness.records import Sample
 from harness.scoring import score_group
@@ -35,7 +36,7 @@ def _context_terms(sample_ids: list[str], est: MIEstimate) -> dict[str, dict[str
 
 
 def mi_stage(cfg: RunConfig, scorer: Any, scorer_label: str, compressor_identity: Any, samples: list[Sample],
-             comp: CompressOutput, writer: Any, *, quiet: bool = True, leave: bool = True) -> dict[str, Any]:
+             comp: CompressOutput, writer: Sink, *, quiet: bool = True, leave: bool = True) -> dict[str, Any]:
     """Estimate I(X;Z|Q) for one scorer; per-group rows and the overall row are written; returns the overall.
 
     Unless `quiet`, a progress bar counts score requests, one context at a time.
@@ -50,7 +51,7 @@ def mi_stage(cfg: RunConfig, scorer: Any, scorer_label: str, compressor_identity
 
 
 def _mi_groups(cfg: RunConfig, scorer: Any, scorer_label: str, compressor_identity: Any, samples: list[Sample],
-               comp: CompressOutput, writer: Any, groups: list[list[int]], progress: Any) -> dict[str, Any]:
+               comp: CompressOutput, writer: Sink, groups: list[list[int]], progress: Any) -> dict[str, Any]:
     mi = cfg.mi
     assert mi is not None
     m = draws_per_context(cfg)  # 1 for a sampling-free (python/) compressor: its draws would all be one text
@@ -79,7 +80,7 @@ def _mi_groups(cfg: RunConfig, scorer: Any, scorer_label: str, compressor_identi
                             "compressions were not generated from the context MI scores them under; raise "
                             "context_window, shorten the task's contexts, or set overflow: error")
             errors.append(row["error"])
-            writer.write("mi", row)
+            writer.mi(row)
             progress.update(len(g) ** 2 * m)
             continue
         gl = score_group(scorer, [samples[i] for i in g], comps, cfg.prompts.compressor, exact_ids=exact,
@@ -88,7 +89,7 @@ def _mi_groups(cfg: RunConfig, scorer: Any, scorer_label: str, compressor_identi
         if gl.error:
             row["error"] = gl.error
             errors.append(gl.error)
-            writer.write("mi", row)
+            writer.mi(row)
             continue
         # the upper bound needs the sampler's exact ids: a compressor without ids (a server) is scored as text
         toks.add(gl.tokenization)
@@ -105,7 +106,7 @@ def _mi_groups(cfg: RunConfig, scorer: Any, scorer_label: str, compressor_identi
         if deterministic:  # the exact drawn-set MI H(Z|Q); the scorer's bits are a lower bound on it
             row["deterministic_bits"] = deterministic_mi_bits([c[0].text for c in comps])
             det_bits.append((row["deterministic_bits"], len(g)))
-        writer.write("mi", row)
+        writer.mi(row)
         ok_logp.append(gl.logp)
         ok_tokens.append(gl.tokens)
         fwd += gl.forwarded_tokens
@@ -136,5 +137,5 @@ def _mi_groups(cfg: RunConfig, scorer: Any, scorer_label: str, compressor_identi
             "forwarded_ratio": (fwd / lower) if lower else None, "error": None})
         if deterministic:  # weighted as the estimate is (terms per group: N_g · 1)
             overall["deterministic_bits"] = sum(b * n for b, n in det_bits) / sum(n for _, n in det_bits)
-    writer.write("mi", overall)
+    writer.mi(overall)
     return overall

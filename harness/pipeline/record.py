@@ -6,14 +6,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.records import Generation, ModelIdentity, Usage
+from harness.pipeline.sinks import CompressionRecord, ErrorRecord, PredictionRecord, ScoreRecord, sample_json
+from harness.records import Generation, ModelIdentity, Sample, Usage
 
 
 class Recorder:
     """Append-only JSONL files (flushed per row) mirrored into the results store, row by row.
 
-    Each `write(kind, row)` is one transaction in the store; ids that link rows (compression →
-    prediction → score) are kept here so later rows can point at earlier ones.
+    A `harness.pipeline.sinks.Sink`: one typed method per record; each store write is one transaction; ids that
+    link rows (compression → prediction → score) are kept here so later rows can point at earlier ones.
     """
 
     def __init__(self, folder: Path, store: Any = None, run_id: str = "", task: str = ""):
@@ -51,14 +52,12 @@ class Recorder:
             knobs=knobs,
         )
 
-    def write(self, kind: str, row: dict[str, Any]) -> None:
+    def _jsonl(self, kind: str, row: dict[str, Any]) -> None:
         f = self._files.get(kind)
         if f is None:
             f = self._files[kind] = open(self.folder / f"{kind}.jsonl", "a")
         f.write(json.dumps(row, default=str) + "\n")
         f.flush()
-        if self.store is not None:
-            getattr(self, f"_store_{kind}", lambda r: None)(row)
 
     def stored_compression(self, sample_id: str, kind: str, j: int, seed: int, knob_hash: str) -> Generation | None:
         """The error-free compression the store holds for this key (its id remembered for the predictions), or None.
@@ -75,70 +74,56 @@ class Recorder:
         self.comp_ids[(sample_id, kind, j)] = row.compression_id
         return row.to_generation()
 
-    # ---- store adapters ----
-    def _store_compressions(self, r: dict[str, Any]) -> None:
-        if r.get("reused"):  # read from the store (`stored_compression`): no call, nothing to write
+    # ---- the Sink: each record to its JSONL file, then to the store ----
+    def sample(self, s: Sample) -> None:
+        self._jsonl("samples", sample_json(s))  # the store holds the task's samples already (Store.add_samples)
+
+    def compression(self, r: CompressionRecord) -> None:
+        self._jsonl("compressions", r.to_json())
+        if self.store is None or r.reused:  # read from the store (`stored_compression`): no call, nothing to write
             return
+        g = r.generation
         cid = self.store.add_compression(
-            compressor_model_id=self.models["compressor"],
-            task=self.task,
-            sample_id=r["sample_id"],
-            knob_hash=r.get("knob_hash", ""),
-            text=r["text"],
-            sample_index=r["j"] if r["kind"] == "sample" else -1,
-            seed=r["seed"],
-            token_ids=r["token_ids"],
-            n_tokens=r["n_tokens"],
-            context_tokens=r["context_tokens"],
-            truncated=r["truncated_prompt"],
-            finish_reason=r["finish_reason"],
-            params={"kind": r["kind"]},
-            error=r["error"],
-            run_id=self.run_id,
-            usage=Usage(**r["usage"]),
-            **self._cost("compressor", Usage(**r["usage"])),
+            compressor_model_id=self.models["compressor"], task=self.task, sample_id=r.sample_id,
+            knob_hash=r.knob_hash, text=g.text, sample_index=r.j if r.kind == "sample" else -1, seed=r.seed,
+            token_ids=g.token_ids, n_tokens=r.n_tokens, context_tokens=r.context_tokens, truncated=r.truncated,
+            finish_reason=g.finish_reason, params={"kind": r.kind}, error=g.error, run_id=self.run_id,
+            usage=g.usage, **self._cost("compressor", g.usage),
         )
-        self.comp_ids[(r["sample_id"], r["kind"], r["j"])] = cid
+        self.comp_ids[(r.sample_id, r.kind, r.j)] = cid
 
-    def _store_predictions(self, r: dict[str, Any]) -> None:
-        comp = self.comp_ids.get((r["sample_id"], self.predictor_kind, 0)) if r["arm"] == "compressed" else None
-        pid = self.store.add_prediction(
-            cell_id=self.cells[r["arm"]],
-            sample_id=r["sample_id"],
-            arm=r["arm"],
-            text=r["text"],
-            compression_id=comp,
-            truncated=r["truncated_prompt"],
-            error=r["error"],
-            usage=Usage(**r["usage"]),
-            **self._cost("predictor", Usage(**r["usage"])),
-        )
-        self.pred_ids[(r["sample_id"], r["arm"])] = pid
-
-    def _store_scores(self, r: dict[str, Any]) -> None:
-        self.store.add_score(
-            prediction_id=self.pred_ids[(r["sample_id"], r["arm"])],
-            metric=r["metric"],
-            value=r["value"],
-            correct=r["correct"],
-            parsed=r["parsed"],
-            flags=r["flags"],
-            detail=r.get("detail"),
+    def prediction(self, r: PredictionRecord) -> None:
+        self._jsonl("predictions", r.to_json())
+        if self.store is None:
+            return
+        comp = self.comp_ids.get((r.sample_id, self.predictor_kind, 0)) if r.arm == "compressed" else None
+        self.pred_ids[(r.sample_id, r.arm)] = self.store.add_prediction(
+            cell_id=self.cells[r.arm], sample_id=r.sample_id, arm=r.arm, text=r.text, compression_id=comp,
+            truncated=r.truncated, error=r.error, usage=r.usage, **self._cost("predictor", r.usage),
         )
 
-    def _store_errors(self, r: dict[str, Any]) -> None:
-        self.store.add_error(
-            run_id=self.run_id,
-            stage=r["stage"],
-            message=r["error"],
-            ref_kind=r.get("ref_kind", r.get("arm", "")),
-            ref_id=r.get("ref_id", ""),
-            sample_id=r["sample_id"],
-        )
+    def score(self, r: ScoreRecord) -> None:
+        self._jsonl("scores", r.to_json())
+        if self.store is None:
+            return
+        sc = r.score
+        self.store.add_score(prediction_id=self.pred_ids[(r.sample_id, r.arm)], metric=sc.name, value=sc.value,
+                             correct=sc.correct, parsed=sc.parsed, flags=list(sc.flags), detail=sc.extra)
 
-    def _store_mi(self, r: dict[str, Any]) -> None:
-        role = "compressor" if r["scorer"] == "self" else "scorer"
-        store_mi_row(self.store, self.run_id, self.task, self.models["compressor"], self.models[role], r, "")
+    def error(self, r: ErrorRecord) -> None:
+        self._jsonl("errors", r.to_json())
+        if self.store is None:
+            return
+        self.store.add_error(run_id=self.run_id, stage=r.stage, message=r.error,
+                             ref_kind=r.ref_kind if r.ref_kind is not None else r.arm, ref_id=r.ref_id,
+                             sample_id=r.sample_id)
+
+    def mi(self, row: dict[str, Any]) -> None:
+        self._jsonl("mi", row)
+        if self.store is None:
+            return
+        role = "compressor" if row["scorer"] == "self" else "scorer"
+        store_mi_row(self.store, self.run_id, self.task, self.models["compressor"], self.models[role], row, "")
 
     def close(self) -> None:
         for f in self._files.values():

@@ -21,6 +21,7 @@ from harness.pipeline.compress import CompKey, compress_stage
 from harness.pipeline.distortion import score_continuations
 from harness.pipeline.mi_stage import mi_stage
 from harness.pipeline.record import Recorder
+from harness.pipeline.sinks import ErrorRecord, PredictionRecord, ScoreRecord
 from harness.pipeline.stages import Item, add_usage, fit_request, params_from, progress_bar, run_generation_stage
 from harness.prompts import arm_input, arm_messages
 from harness.records import Generation, GenParams, GenRequest
@@ -131,18 +132,7 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
         )
     )
     for s in samples:
-        writer.write(
-            "samples",
-            {
-                "id": s.id,
-                "group_id": s.group_id,
-                "question": s.question,
-                "answers": s.answers,
-                "choices": s.choices,
-                "answer_type": s.answer_type,
-                "n_documents": len(s.documents),
-            },
-        )
+        writer.sample(s)
     items = [Item(s, arm) for arm in cfg.arms for s in samples]
     usage: dict[str, dict[str, float]] = {"compressor": {}, "predictor": {}}
     identities: dict[str, Any] = {}
@@ -196,7 +186,7 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
         it.prediction_truncated = trunc
         if err:
             it.error, it.error_stage = err, "predict"
-            writer.write("errors", {"sample_id": s.id, "arm": it.arm, "stage": "predict", "error": err})
+            writer.error(ErrorRecord(s.id, "predict", err, arm=it.arm))
         else:
             jobs.append((it, req))
 
@@ -205,19 +195,9 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
         add_usage(usage["predictor"], g.usage)
         if g.error:
             it.error, it.error_stage = g.error, "predict"
-            writer.write("errors", {"sample_id": it.sample.id, "arm": it.arm, "stage": "predict", "error": g.error})
-        writer.write(
-            "predictions",
-            {
-                "sample_id": it.sample.id,
-                "arm": it.arm,
-                "predictor": mp.model,
-                "text": g.text,
-                "truncated_prompt": it.prediction_truncated,
-                "usage": asdict(g.usage),
-                "error": g.error,
-            },
-        )
+            writer.error(ErrorRecord(it.sample.id, "predict", g.error, arm=it.arm))
+        writer.prediction(PredictionRecord(it.sample.id, it.arm, mp.model, g.text, g.usage, it.prediction_truncated,
+                                           g.error))
 
     with progress_bar(len(jobs), "predict", quiet, leave=False) as bar:
         run_generation_stage(be, jobs, on_predicted, chunk=max(mp.batch_size, 1) * 2, progress=bar)
@@ -231,20 +211,7 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
             continue
         assert it.prediction is not None
         it.score = judged.get(id(it)) or score_prediction(it.sample, it.prediction.text)
-        sc = it.score
-        writer.write(
-            "scores",
-            {
-                "sample_id": it.sample.id,
-                "arm": it.arm,
-                "metric": sc.name,
-                "value": sc.value,
-                "correct": sc.correct,
-                "parsed": sc.parsed,
-                "flags": list(sc.flags),
-                "detail": sc.extra,
-            },
-        )
+        writer.score(ScoreRecord(it.sample.id, it.arm, it.score))
 
     summary = summarize(cfg, items, usage)
     summary["mi"] = mi_rows
@@ -299,7 +266,7 @@ def judge_stage(
         add_usage(usage["judge"], g.usage)
         if g.error:
             it.error, it.error_stage = f"judge: {g.error}", "score"
-            writer.write("errors", {"sample_id": it.sample.id, "arm": it.arm, "stage": "score", "error": it.error})
+            writer.error(ErrorRecord(it.sample.id, "score", it.error, arm=it.arm))
             continue
         out[id(it)] = judge_score(it.sample, it.prediction.text, lambda _msgs, t=g.text: t)
     return out

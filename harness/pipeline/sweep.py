@@ -35,6 +35,7 @@ from harness.pipeline.plan import (
     sampling_params,
 )
 from harness.pipeline.record import store_mi_row
+from harness.pipeline.sinks import ErrorRecord, PredictionRecord, ScoreRecord
 from harness.pipeline.stages import Item, fit_request, params_from, progress_bar, run_generation_stage
 from harness.preflight import announce, check_models, check_outputs, load_samples
 from harness.prompts import arm_input, arm_messages, render
@@ -62,9 +63,8 @@ class _MIWriter:
         self.store, self.run_id, self.task = store, run_id, task
         self.compressor_id, self.scorer_id, self.khash = compressor_id, scorer_id, khash
 
-    def write(self, kind: str, r: dict[str, Any]) -> None:
-        if kind == "mi":
-            store_mi_row(self.store, self.run_id, self.task, self.compressor_id, self.scorer_id, r, self.khash)
+    def mi(self, row: dict[str, Any]) -> None:
+        store_mi_row(self.store, self.run_id, self.task, self.compressor_id, self.scorer_id, row, self.khash)
 
 
 class Sweep:
@@ -429,21 +429,21 @@ class _ContinuationWriter:
         self.comp_ids = {it.sample.id: it.extra.get("comp_id") for it in items}
         self.pred_ids: dict[str, int] = {}
 
-    def write(self, kind: str, r: dict[str, Any]) -> None:
-        sid = r["sample_id"]
-        s, comp_id = self.samples[sid], self.comp_ids[sid]
-        if kind == "predictions":
-            u = Usage(**r["usage"])
-            g = Generation(text="", token_ids=[], logprobs=None, usage=u, finish_reason="score-reference")
-            self.pred_ids[sid] = self.sweep._store_prediction((self.cell, s, comp_id, r["truncated_prompt"]), g,
-                                                              r["error"])
-        elif kind == "scores":
-            self.sweep.store.add_score(prediction_id=self.pred_ids[sid], metric=r["metric"], value=r["value"],
-                                       correct=r["correct"], parsed=r["parsed"], flags=r["flags"],
-                                       detail=r.get("detail"))
-            self.sweep.counts["scores"] += 1
-        elif kind == "errors" and sid not in self.pred_ids:  # failed before any call: the error is the row
-            self.pred_ids[sid] = self.sweep._store_prediction((self.cell, s, comp_id, False), None, r["error"])
+    def prediction(self, r: PredictionRecord) -> None:
+        s, comp_id = self.samples[r.sample_id], self.comp_ids[r.sample_id]
+        g = Generation(text="", token_ids=[], logprobs=None, usage=r.usage, finish_reason="score-reference")
+        self.pred_ids[r.sample_id] = self.sweep._store_prediction((self.cell, s, comp_id, r.truncated), g, r.error)
+
+    def score(self, r: ScoreRecord) -> None:
+        sc = r.score
+        self.sweep.store.add_score(prediction_id=self.pred_ids[r.sample_id], metric=sc.name, value=sc.value,
+                                   correct=sc.correct, parsed=sc.parsed, flags=list(sc.flags), detail=sc.extra)
+        self.sweep.counts["scores"] += 1
+
+    def error(self, r: ErrorRecord) -> None:
+        if r.sample_id not in self.pred_ids:  # failed before any call: the error is the prediction row
+            s, comp_id = self.samples[r.sample_id], self.comp_ids[r.sample_id]
+            self.pred_ids[r.sample_id] = self.sweep._store_prediction((self.cell, s, comp_id, False), None, r.error)
 
 
 def cell_table(store: Any, run_id: str) -> str:
