@@ -114,6 +114,40 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retrieve(args: argparse.Namespace) -> int:
+    """Retrieve the config's task (its `retrieval:` section) and print recall@k; results go to the response cache."""
+    import json
+
+    from harness.backends.cache import ResponseCache
+    from harness.config import load_config
+    from harness.preflight import check_sqlite_file, load_samples
+    from harness.retrieval import retrieve_samples
+
+    cfg = load_config(args.config, _parse_set(args.set))
+    if cfg.retrieval is None:
+        raise UserError(f"{args.config}: no 'retrieval' section; add retrieval: {{corpus: task, retriever: bm25, "
+                        "top_k: 5}")
+    from harness.retrieval import check_retrieval
+
+    check_retrieval(cfg.retrieval)
+    if cfg.output.cache:
+        check_sqlite_file(cfg.output.cache, "output.cache", what="response cache")
+    samples = load_samples(cfg.task)
+    cache = ResponseCache(cfg.output.cache) if cfg.output.cache else None
+    _, summary = retrieve_samples(samples, cfg.retrieval, cache)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    r = summary["recall_at_k"]
+    print(f"# {cfg.task.name}: {len(samples)} samples, {summary['retriever']} over {summary['passages']} passages "
+          f"({summary['corpus']}, {summary['corpora']} corpora), k={summary['k']}; searched {summary['searched']} of "
+          f"{summary['queries']} queries "
+          "(the rest from the cache)")
+    print(f"recall@{summary['k']}: {'n/a (no gold passages)' if r is None else f'{r:.3f}'}"
+          f" over {summary['with_gold']} samples with gold passages")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from harness.analyze.report import build_report
     from harness.preflight import check_store_url
@@ -187,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--retry-errors", action="store_true", help="redo calls whose stored result is an error")
     sw.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sw.set_defaults(fn=cmd_sweep)
+    rt = sub.add_parser("retrieve", help="retrieve a config's task (retrieval: section) and print recall@k")
+    rt.add_argument("config")
+    rt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    rt.add_argument("--json", action="store_true", help="print the summary as JSON")
+    rt.set_defaults(fn=cmd_retrieve)
     rp = sub.add_parser("report", help="markdown report with plots from a results store")
     rp.add_argument("store", help="results store: a SQLite file or a postgresql:// URL")
     rp.add_argument("--out", default=None, help="output folder (default results/report-<store name>)")

@@ -233,6 +233,26 @@ class MIConfig(_Strict):
     n_boot: int = Field(1000, ge=100)
 
 
+class RetrievalConfig(_Strict):
+    """Retrieval for RAG: each sample's context becomes the `top_k` passages retrieved for its question.
+
+    `corpus`: `task` (every passage of the task's samples, pooled), `sample` (each sample's own passages: the
+    distractor setting), or a folder of .txt/.md/.jsonl files.
+    """
+
+    corpus: str = "task"
+    retriever: Literal["bm25", "dense", "hybrid"] = "bm25"
+    top_k: int = Field(5, ge=1, le=1000)
+    embedder: str = "minilm-l6"  # embedding pack of dense/hybrid retrieval (`harness models fetch minilm-l6`)
+
+    @field_validator("corpus")
+    @classmethod
+    def _corpus(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("is empty; write 'task', 'sample' or a folder of .txt/.md/.jsonl files")
+        return v
+
+
 class Price(_Strict):
     """API prices in dollars per million tokens."""
 
@@ -278,6 +298,7 @@ class RunConfig(_Strict):
     overflow: Literal["error", "truncate"] = "error"
     seed: int = 0
     mi: MIConfig | None = None
+    retrieval: RetrievalConfig | None = None
     output: Output = Output()
     # model spec -> API prices (dollars per million tokens); models without a price cost no dollars
     prices: dict[str, Price] = Field(default_factory=dict)

@@ -17,7 +17,7 @@ if ! python -c "import torch" 2>/dev/null; then
     python -m pip install -q "torch==2.13.0"  # CPU build
   fi
 fi
-python -m pip install -q -e ".[dev,postgres]"
+python -m pip install -q -e ".[dev,postgres,rag]"
 if [ "${WITH_SERVER:-0}" = "1" ]; then
   # rebuilt when missing or when this CPU's flags differ from the build's (a build for another
   # CPU can die with "Illegal instruction")
@@ -27,4 +27,4 @@ if [ "${WITH_SERVER:-0}" = "1" ]; then
     echo "$want" > .venv/.llama-cpu
   fi
 fi
-harness models fetch ${PACKS:-smollm2-135m qwen2.5-coder-0.5b} --safetensors
+harness models fetch ${PACKS:-smollm2-135m qwen2.5-coder-0.5b} minilm-l6 --safetensors

