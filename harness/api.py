@@ -59,8 +59,8 @@ class Results:
 
 
 def _cell_frame(frames: dict[str, pd.DataFrame], run_id: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(cells, per-prediction rows) from the one cell summariser (`harness report`'s)."""
-    from harness.analyze.report import cell_frame
+    """(cells, per-prediction rows) from the one cell summariser that run, sweep, report and compare use."""
+    from harness.analyze.frames import cell_frame
 
     cells, preds, _ = cell_frame(frames, run_id)
     return cells, preds
