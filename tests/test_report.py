@@ -452,16 +452,15 @@ def test_summarize_cell_counts_means_and_cost():
 def test_sweep_table_is_the_report_cell_summary(store_url):
     """`harness sweep`'s table comes from the report's summariser: n counts every sample of the cell, errors
     include an errored compression and an overflow that left no prediction row, accuracy is the report's."""
-    from harness.analyze.frames import cell_frame
+    from harness.analyze.frames import load_cells
     from harness.analyze.render import fmt_accuracy
     from harness.pipeline.sweep import cell_table
-    from harness.results import load
 
     build_store(store_url)
     with Store.open(store_url) as st:
         table = cell_table(st, RUN)
     assert table.splitlines()[0] == "| cell | n | accuracy [95% CI] | errors | summary_tok | token_ratio |"
-    cells = cell_frame(load(store_url), RUN)[0].set_index("cell_id")
+    cells = load_cells(store_url, RUN).set_index("cell_id")
     for (c, p), plan in PLAN.items():
         _, _, errors = _planted_acc(plan)
         cid = cell_id(c, p)

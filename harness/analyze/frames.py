@@ -15,6 +15,7 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -473,6 +474,13 @@ def cell_frame(
         if c not in df.columns:
             df[c] = pd.Series(dtype=object) if df.empty else None
     return df[list(CELL_COLUMNS)], preds, choice
+
+
+def load_cells(url: str | Path, run_id: str | None = None) -> pd.DataFrame:
+    """The cell table of the store at `url` (one row per cell, the columns of `CELL_COLUMNS`), `run_id`'s only."""
+    from harness.results import load
+
+    return cell_frame(load(url), run_id)[0]
 
 
 # every column of the cell table, in order (those a store without MI, or without cells, would otherwise lack); the
