@@ -75,6 +75,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from harness.pipeline.sweep import run_sweep
 
     cfg = load_sweep_config(args.config, _parse_set(args.set))
+    if args.dry_run:  # the plan, no model loaded and nothing written
+        import json
+
+        from harness.pipeline.plan import dry_run, format_dry_run
+
+        d = dry_run(cfg, retry_errors=args.retry_errors)
+        print(json.dumps(d, indent=2, default=str) if args.json else format_dry_run(d), end="\n" if args.json else "")
+        return 0
     out = run_sweep(cfg, retry_errors=args.retry_errors, quiet=args.quiet)
     new = ", ".join(f"{k} {v}" for k, v in sorted(out["new_rows"].items())) or "none"
     print(
@@ -220,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     sw.add_argument("--retry-errors", action="store_true", help="redo calls whose stored result is an error")
     sw.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sw.add_argument("--dry-run", action="store_true",
+                    help="print the plan (cells, units, requests, FLOPs, dollars; what the store holds is done) "
+                         "without loading a model")
+    sw.add_argument("--json", action="store_true", help="with --dry-run: print it as JSON")
     sw.set_defaults(fn=cmd_sweep)
     rt = sub.add_parser("retrieve", help="retrieve a config's task (retrieval: section) and print recall@k")
     rt.add_argument("config")

@@ -12,19 +12,22 @@ from harness.config import RunConfig
 from harness.pipeline.plan import (  # noqa: F401 (compression keys: defined in plan.py, re-exported here)
     compression_knob_hash,
     compression_knobs,
+    compression_variants,
     draws_per_context,
+    read_key,
     sample_seed,
     sampling_params,
 )
 from harness.pipeline.record import Recorder
 from harness.pipeline.sinks import CompressionRecord, ErrorRecord
-from harness.pipeline.stages import add_usage, chunks, params_from
+from harness.pipeline.stages import add_usage, chunks
 from harness.records import Generation, GenParams, Sample
 
 
 @dataclass(frozen=True)
 class CompKey:
-    """Which compression: sample index, kind ("greedy" or "sample") and sample number j."""
+    """Which compression: sample index, kind ("greedy" or "sample") and sample number j (the store's
+    `sample_index`: GREEDY_INDEX = -1 for the greedy one)."""
 
     idx: int
     kind: str
@@ -63,16 +66,8 @@ def compress_stage(cfg: RunConfig, comp: Compressor, samples: list[Sample], writ
     """Make every compression this run needs with one compressor in memory; rows are written as they finish."""
     mc = cfg.models.compressor
     assert mc is not None
-    want_arm = "compressed" in cfg.arms
-    mi = cfg.mi
-    predictor_kind = "sample" if (mi is not None and mi.predictor_reads == "sample0") else "greedy"
-    greedy = params_from(cfg.generation.compressor, cfg.seed)
-    variants: list[tuple[str, int]] = []
-    if want_arm and predictor_kind == "greedy":
-        variants.append(("greedy", 0))
-    if mi is not None:
-        variants += [("sample", j) for j in range(draws_per_context(cfg))]
-    out = CompressOutput({}, {}, {}, {}, predictor_kind)
+    reads = read_key(cfg)  # (kind, index) of the compression the predictor reads; greedy is index -1, as stored
+    out = CompressOutput({}, {}, {}, {}, reads[0])
     khash = compression_knob_hash(cfg)
     jobs: list[tuple[Any, Compressor, CompressInput, GenParams]] = []
     seeds: dict[CompKey, int] = {}
@@ -90,8 +85,8 @@ def compress_stage(cfg: RunConfig, comp: Compressor, samples: list[Sample], writ
             out.errors[idx] = err
             writer.error(ErrorRecord(s.id, "compress", err))
             continue
-        for kind, j in variants:
-            p = greedy if kind == "greedy" else sampling_params(cfg, s.id, j)
+        for v in compression_variants(cfg, s.id):  # plan.py: which compressions, their indices and seeds
+            kind, j, p = v.kind, v.index, v.params
             key = CompKey(idx, kind, j)
             seeds[key] = p.seed
             # an error-free compression already in the store is reused, so the text the predictor reads (and the
@@ -108,7 +103,7 @@ def compress_stage(cfg: RunConfig, comp: Compressor, samples: list[Sample], writ
         add_usage(usage, g.usage)
         sid = samples[key.idx].id
         if g.error:  # kept per run in the errors table, whatever later runs store for this compression
-            read = key.kind == predictor_kind and key.j == 0  # the compression the predictor would read
+            read = (key.kind, key.j) == reads  # the compression the predictor would read
             writer.error(ErrorRecord(sid, "compress", g.error, ref_kind="compression" if read else "mi_sample",
                                      ref_id=f"{key.kind}:{key.j}"))
         writer.compression(_record(key, g))

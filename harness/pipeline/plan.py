@@ -18,6 +18,7 @@ import copy
 import hashlib
 import itertools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +123,11 @@ def predictor_kind(cfg: RunConfig) -> str:
     return "sample" if reads_sampled(cfg) else "greedy"
 
 
+def read_key(cfg: RunConfig) -> tuple[str, int]:
+    """(kind, index) of the compression the compressed arm's predictor reads, the same for every sample."""
+    return ("sample", 0) if reads_sampled(cfg) else ("greedy", GREEDY_INDEX)
+
+
 def read_variant(cfg: RunConfig, sample_id: str) -> Variant:
     """The compression of `sample_id` that the compressed arm's predictor reads."""
     if reads_sampled(cfg):
@@ -148,6 +154,40 @@ def compression_variants(cfg: RunConfig, sample_id: str) -> list[Variant]:
     return out
 
 
+def mi_knobs(cfg: RunConfig) -> dict[str, Any] | None:
+    """What shapes a config's MI estimates besides the compressions' knob hash and the two key columns of an MI
+    row (mode, scorer): M, N, the smallest group kept, the bootstrap size and the seed (of the draws and of the
+    bootstrap). None without MI."""
+    if cfg.mi is None:
+        return None
+    mi = cfg.mi
+    return {"samples_per_context": draws_per_context(cfg), "contexts_per_group": mi.contexts_per_group,
+            "min_contexts": mi.min_contexts, "n_boot": mi.n_boot, "seed": cfg.seed}
+
+
+def mi_knob_hash(cfg: RunConfig) -> str:
+    """The `knob_hash` of a unit's MI rows in the results store: its compressions' knob hash with `mi_knobs`, so
+    estimates with another M or N are other rows. Without MI, the compressions' knob hash."""
+    kh = compression_knob_hash(cfg)
+    mk = mi_knobs(cfg)
+    return kh if mk is None else knob_hash({"compressions": kh, "mi": mk})
+
+
+def unit_key_fields(cfg: RunConfig) -> dict[str, Any]:
+    """The natural key of a compression unit: the compressor's identity, its compressions' knob hash and seed,
+    which compressions it makes (the greedy one or not; M samples), and what shapes its MI estimates (N, the
+    smallest group, the bootstrap, the mode, the scorers and the proxy scorer's identity). Nothing else."""
+    assert cfg.models.compressor is not None
+    mi = cfg.mi
+    d: dict[str, Any] = {"compressor": model_key_fields(cfg.models.compressor), "knobs": compression_knob_hash(cfg),
+                         "seed": cfg.seed, "greedy": "compressed" in cfg.arms and not reads_sampled(cfg), "mi": None}
+    if mi is not None:
+        sc = cfg.models.scorer if "scorer" in mi.scorers else None
+        d["mi"] = {**(mi_knobs(cfg) or {}), "mode": mi.mode, "scorers": sorted(set(mi.scorers)),
+                   "scorer": model_key_fields(sc) if sc is not None else None}
+    return d
+
+
 # ---------------------------------------------------------------------------- units, cells, plan
 
 
@@ -157,12 +197,19 @@ def _short(spec: str) -> str:
 
 @dataclass
 class CompressUnit:
-    """All compressions one compressor makes for one task under one compressor-side knob setting."""
+    """All compressions one compressor makes for one task under one compressor-side knob setting, and the MI
+    estimates scored from them. Units that differ only in M or N share their compressions (`knob_hash`, the
+    compressions' key) but not their MI rows (`mi_hash`)."""
 
     key: str
     cfg: RunConfig  # an expanded config with this compressor and these knobs
     task_key: str
-    knob_hash: str
+    knob_hash: str  # the compressions' knob hash
+    mi_hash: str = ""  # the knob hash of this unit's MI rows (and the `knob_hash` in its cells' knobs)
+
+    def __post_init__(self) -> None:
+        if not self.mi_hash:
+            self.mi_hash = mi_knob_hash(self.cfg)
 
     @property
     def compressor(self) -> ModelConfig:
@@ -258,11 +305,8 @@ def expand(cfg: RunConfig) -> Plan:
         unit_key = None
         needs_compression = "compressed" in rc.arms or rc.mi is not None
         if needs_compression:
-            kh = compression_knob_hash(rc)
-            assert rc.models.compressor is not None
-            unit_key = knob_hash({"compressor": model_key_fields(rc.models.compressor), "knobs": kh,
-                                  "seed": rc.seed})  # the seed is a column of the compression key, not in kh
-            plan.units.setdefault(unit_key, CompressUnit(unit_key, rc, task_key, kh))
+            unit_key = knob_hash(unit_key_fields(rc))
+            plan.units.setdefault(unit_key, CompressUnit(unit_key, rc, task_key, compression_knob_hash(rc)))
         for arm in rc.arms:
             h = _cell_hash(rc, arm)
             comp_name = _short(rc.models.compressor.model) if arm == "compressed" and rc.models.compressor else "-"
@@ -270,3 +314,351 @@ def expand(cfg: RunConfig) -> Plan:
             if cid not in plan.cells:
                 plan.cells[cid] = Cell(cid, rc, arm, task_key, unit_key if arm == "compressed" else None, setting)
     return plan
+
+
+def legacy_mi_hash(plan: Plan, unit: CompressUnit) -> str | None:
+    """The knob hash this unit's MI rows had before M and N were part of it (its compressions' knob hash), when
+    no other unit of the plan shares its compressor and compressions (an older sweep then stored this unit's
+    estimates under it); None otherwise, or without MI."""
+    if unit.cfg.mi is None:
+        return None
+    twins = [u for u in plan.units.values() if u.cfg.mi is not None and u.task_key == unit.task_key
+             and u.knob_hash == unit.knob_hash and model_key(u.compressor) == model_key(unit.compressor)]
+    return unit.knob_hash if len(twins) == 1 else None
+
+
+def adopt_legacy_mi(plan: Plan, store: Any, samples: dict[str, list[Any]],
+                    compressor_id: Callable[[ModelConfig], int | None]) -> list[str]:
+    """Keep the MI rows a sweep stored before M and N were in their key: a unit whose `legacy_mi_hash` holds an
+    error-free pooled row of this run with the unit's mode, M and number of contexts takes that hash as its
+    `mi_hash`, so resuming an old store estimates nothing again. Returns the keys of the units that did.
+
+    `compressor_id` gives the store's model id of a compressor (None: not in the store).
+    """
+    from harness.pipeline.mi_stage import question_groups
+
+    adopted = []
+    for u in plan.units.values():
+        old = legacy_mi_hash(plan, u)
+        if old is None or old == u.mi_hash:
+            continue
+        assert u.cfg.mi is not None
+        mid = compressor_id(u.compressor)
+        if mid is None:
+            continue
+        n_ctx = sum(len(g) for g in question_groups(u.cfg, samples[u.task_key]))
+        rows = store.rows("mi_estimates", run_id=plan.run_id, task=u.cfg.task.name, group_id="",
+                          compressor_model_id=mid, knob_hash=old, mode=u.cfg.mi.mode)
+        if any(r["error"] is None and r["n_samples"] == draws_per_context(u.cfg) and r["n_contexts"] == n_ctx
+               for r in rows):
+            u.mi_hash = old
+            adopted.append(u.key)
+    return adopted
+
+
+def plan_models(plan: Plan) -> list[tuple[str, ModelConfig]]:
+    """(config field, config) of every distinct model the plan uses (by `model_key`)."""
+    out: dict[str, tuple[str, ModelConfig]] = {}
+    for u in plan.units.values():
+        out.setdefault(model_key(u.compressor), ("sweep.compressors", u.compressor))
+        sc = u.cfg.models.scorer
+        if sc is not None and u.cfg.mi is not None and "scorer" in u.cfg.mi.scorers:
+            out.setdefault(model_key(sc), ("models.scorer", sc))
+    for c in plan.cells.values():
+        out.setdefault(model_key(c.cfg.models.predictor), ("sweep.predictors", c.cfg.models.predictor))
+    return list(out.values())
+
+
+# ---------------------------------------------------------------------------- dry run
+
+#: how the dry run estimates tokens (no tokenizer is loaded)
+TOKEN_ESTIMATE = ("chars/4: prompt tokens = characters of the rendered chat messages / 4 + 5 per message; "
+                  "completions and compressions at max_new_tokens (an upper bound); a score request forwards its "
+                  "continuation after its context's prefix, forwarded once per context (KV reuse)")
+
+
+def _tokens(text: str) -> int:
+    return -(-len(text) // 4)
+
+
+def _msg_tokens(msgs: list[dict[str, str]]) -> int:
+    return sum(_tokens(m["content"]) + 5 for m in msgs)
+
+
+@dataclass
+class RoleCost:
+    """Requests, estimated tokens, FLOPs (None: architecture unknown) and dollars (None: no price) of one role."""
+
+    generate_requests: int = 0
+    score_requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    flops: float | None = 0.0
+    dollars: float | None = None
+
+    def call(self, arch: Any, price: Any, prompt: int, completion: int, *, score: bool = False,
+             cached_prefix: int = 0) -> None:
+        """One request: a generation, or a score request (all input) whose first `cached_prefix` tokens are
+        already forwarded."""
+        from harness.cost import dollars, flops_per_generation
+
+        if score:
+            self.score_requests += 1
+        else:
+            self.generate_requests += 1
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
+        if self.flops is not None:
+            self.flops = None if arch is None else (self.flops + flops_per_generation(arch, prompt, completion)
+                                                    - flops_per_generation(arch, cached_prefix, 0))
+        if price is not None:
+            inp, out = (prompt + completion, 0) if score else (prompt, completion)
+            self.dollars = (self.dollars or 0.0) + dollars(price, inp, out)
+
+    def prefix(self, arch: Any, tokens: int) -> None:
+        """A prefix forwarded once for the score requests that follow it (no request of its own)."""
+        from harness.cost import flops_per_generation
+
+        if self.flops is not None:
+            self.flops = None if arch is None else self.flops + flops_per_generation(arch, tokens, 0)
+
+
+def _open_store(url: str | None) -> Any:
+    """The results store for reading, or None when there is none yet (a dry run creates nothing)."""
+    from pathlib import Path
+
+    from harness.store import Store
+
+    if not url:
+        return None
+    if "://" not in url or url.startswith("sqlite:"):
+        path = Path(url.removeprefix("sqlite:///").removeprefix("sqlite://")).expanduser()
+        if not path.exists():
+            return None
+    return Store.open(url, create=False)
+
+
+def _stored_model_id(store: Any, mc: ModelConfig, field: str) -> int | None:
+    """The store's id of a model (its identity computed from its files, no weights loaded); None if absent."""
+    from harness.backends.registry import make_backend
+
+    if store is None:
+        return None
+    ident = make_backend(mc, field=field).identity()
+    rows = store.rows("models", backend=ident.backend, name=redact_url(ident.name), revision=ident.revision,
+                      dtype=ident.dtype, chat_template_hash=ident.chat_template_hash)
+    return int(rows[0]["model_id"]) if rows else None
+
+
+def dry_run(cfg: RunConfig, *, retry_errors: bool = False) -> dict[str, Any]:
+    """What `harness sweep` would do for `cfg`, without loading a model: its cells and units, and the
+    compressions, generate and score requests it will make with their estimated tokens, FLOPs and dollars.
+
+    What the results store already holds is done, as the sweep counts it (stored errors too, unless
+    `retry_errors`), so on a resumed sweep the counts are what remains. Requests that the response cache would
+    answer are counted (they would reach no model). Counts assume no call fails and no prompt overflows; tokens
+    are estimated as `TOKEN_ESTIMATE` says.
+    """
+    from harness.cost import model_arch
+    from harness.pipeline.mi_stage import question_groups
+    from harness.preflight import check_models, load_samples
+    from harness.prompts import arm_input, arm_messages, render
+
+    plan = expand(cfg)
+    models = plan_models(plan)
+    check_models(models)
+    samples = {tk: load_samples(t) for tk, t in plan.tasks.items()}
+    store = _open_store(cfg.output.store)
+    fields = {model_key(mc): f for f, mc in models}
+    ids: dict[str, int | None] = {}
+
+    def mid(mc: ModelConfig) -> int | None:
+        k = model_key(mc)
+        if k not in ids:
+            ids[k] = _stored_model_id(store, mc, fields.get(k, "models"))
+        return ids[k]
+
+    def ok(row: Any) -> bool:
+        if row is None:
+            return False
+        err = row.error if hasattr(row, "error") else row["error"]
+        return err is None or not retry_errors
+
+    archs: dict[str, Any] = {}
+
+    def arch(mc: ModelConfig) -> Any:
+        if mc.model not in archs:
+            archs[mc.model] = model_arch(mc)
+        return archs[mc.model]
+
+    roles: dict[str, RoleCost] = {}
+    price = cfg.prices.get
+    try:
+        if store is not None:
+            adopt_legacy_mi(plan, store, samples, mid)
+        units_out, seen = [], set()
+        comp_total = comp_todo = 0
+        for u in plan.units.values():
+            rc, cm = u.cfg, u.compressor
+            cmid = mid(cm)
+            n_all = n_todo = 0
+            for s in samples[u.task_key]:
+                prompt = _msg_tokens(render(rc.prompts.compressor, question=s.question, context=s.context))
+                for v in compression_variants(rc, s.id):
+                    ck = (model_key(cm), rc.task.name, u.knob_hash, s.id, v.index, v.seed)
+                    if ck in seen:
+                        continue
+                    seen.add(ck)
+                    n_all += 1
+                    if cmid is not None and ok(store.find_compression(
+                            compressor_model_id=cmid, task=rc.task.name, sample_id=s.id, knob_hash=u.knob_hash,
+                            sample_index=v.index, seed=v.seed)):
+                        continue
+                    n_todo += 1
+                    roles.setdefault("compressor", RoleCost()).call(arch(cm), price(cm.model), prompt,
+                                                                    v.params.max_new_tokens)
+            comp_total += n_all
+            comp_todo += n_todo
+            units_out.append({"key": u.key, "task": rc.task.name, **unit_key_fields(rc), "knob_hash": u.knob_hash,
+                              "mi_hash": u.mi_hash, "compressions": n_all, "compressions_todo": n_todo})
+
+        # MI: every compression scored under every context of its group, per scorer (self first, then the proxy)
+        mi_seen: set[tuple[Any, ...]] = set()
+        mi_out = []
+        for label in ("self", "scorer"):
+            for u in plan.units.values():
+                rc, mi = u.cfg, u.cfg.mi
+                if mi is None or label not in mi.scorers:
+                    continue
+                sc = u.compressor if label == "self" else rc.models.scorer
+                if sc is None:
+                    continue
+                k = (model_key(u.compressor), model_key(sc), rc.task.name, u.mi_hash, mi.mode)
+                if k in mi_seen:
+                    continue
+                mi_seen.add(k)
+                cmid, smid = mid(u.compressor), mid(sc)
+                done = cmid is not None and smid is not None and any(ok(r) for r in store.rows(
+                    "mi_estimates", run_id=plan.run_id, task=rc.task.name, group_id="", compressor_model_id=cmid,
+                    scorer_model_id=smid, knob_hash=u.mi_hash, mode=mi.mode))
+                groups = question_groups(rc, samples[u.task_key])
+                n_req = sum(len(g) ** 2 * draws_per_context(rc) for g in groups)
+                mi_out.append({"unit": u.key, "scorer": label if label == "self" else sc.model, "done": done,
+                               "groups": len(groups), "contexts": sum(len(g) for g in groups),
+                               "score_requests": 0 if done else n_req})
+                if done:
+                    continue
+                role = roles.setdefault("compressor" if label == "self" else "scorer", RoleCost())
+                c_tok = rc.generation.compressor.max_new_tokens
+                for g in groups:
+                    ss = [samples[u.task_key][i] for i in g]
+                    for x in ss:
+                        q = ss[0].question  # conditional: one question per group; paper: each context's own
+                        p = _msg_tokens(render(rc.prompts.compressor, question=x.question if mi.mode == "paper"
+                                               else q, context=x.context))
+                        role.prefix(arch(sc), p)
+                        for _ in range(len(g) * draws_per_context(rc)):
+                            role.call(arch(sc), price(sc.model), p, c_tok, score=True, cached_prefix=p)
+
+        # predictions: one generate request per cell × sample, or one score request for a continuation sample
+        cells_out = []
+        for c in plan.cells.values():
+            rc, pm = c.cfg, c.cfg.models.predictor
+            u = plan.units[c.unit] if c.unit else None
+            pmid = mid(pm)
+            n_todo = 0
+            for s in samples[c.task_key]:
+                comp_id, row = None, None
+                if u is not None:
+                    v = read_variant(rc, s.id)
+                    cmid = mid(u.compressor)
+                    row = None if cmid is None else store.find_compression(
+                        compressor_model_id=cmid, task=rc.task.name, sample_id=s.id, knob_hash=u.knob_hash,
+                        sample_index=v.index, seed=v.seed)
+                    comp_id = row.compression_id if row is not None else -1  # -1: not stored yet, so neither is this
+                if pmid is not None and comp_id != -1:
+                    found = store.find_prediction(cell_id=c.cell_id, sample_id=s.id, arm=c.arm, compression_id=comp_id)
+                    if ok(found) and not (s.answer_type == "continuation" and found.error is None
+                                          and store.count("scores", prediction_id=found.prediction_id) == 0):
+                        continue
+                n_todo += 1
+                if u is not None and row is not None and row.error is not None and not retry_errors:
+                    continue  # a failed compression: the sweep stores an error row, no request
+                summary = "x" * (4 * rc.generation.compressor.max_new_tokens) if c.arm == "compressed" else None
+                text, tmpl, key = arm_input(rc.prompts, c.arm, s, summary)
+                p = _msg_tokens(arm_messages(tmpl, key, s, text))
+                role = roles.setdefault("predictor", RoleCost())
+                if s.answer_type == "continuation":
+                    role.call(arch(pm), price(pm.model), p, _tokens(s.answers[0] if s.answers else ""), score=True)
+                else:
+                    role.call(arch(pm), price(pm.model), p, rc.generation.predictor.max_new_tokens)
+            cells_out.append({"cell_id": c.cell_id, "task": rc.task.name, "arm": c.arm,
+                              "compressor": u.compressor.model if u else None, "predictor": pm.model, "unit": c.unit,
+                              "knobs": c.knobs, "samples": len(samples[c.task_key]), "predictions_todo": n_todo})
+    finally:
+        if store is not None:
+            store.close()
+
+    def total(attr: str) -> Any:
+        vals = [getattr(r, attr) for r in roles.values()]
+        if attr == "dollars":
+            vals = [v for v in vals if v is not None]
+            return sum(vals) if vals else None
+        return None if any(v is None for v in vals) else sum(vals)
+
+    return {
+        "name": plan.name, "run_id": plan.run_id, "store": redact_url(cfg.output.store or ""),
+        "store_exists": store is not None,
+        "counted_as_done": "rows the results store holds (stored errors too, unless --retry-errors); requests the "
+                           "response cache would answer are counted",
+        "tokens": TOKEN_ESTIMATE,
+        "cells": cells_out, "units": units_out, "mi": mi_out,
+        "compressions": {"total": comp_total, "todo": comp_todo, "done": comp_total - comp_todo},
+        "generate_requests": {**{r: c.generate_requests for r, c in roles.items() if c.generate_requests},
+                              "total": total("generate_requests")},
+        "score_requests": {**{r: c.score_requests for r, c in roles.items() if c.score_requests},
+                           "total": total("score_requests")},
+        "tokens_estimated": {r: {"prompt": c.prompt_tokens, "completion": c.completion_tokens}
+                             for r, c in roles.items()},
+        "flops": {**{r: c.flops for r, c in roles.items()}, "total": total("flops")},
+        "dollars": {**{r: c.dollars for r, c in roles.items()}, "total": total("dollars")},
+    }
+
+
+def _num(x: Any) -> str:
+    return "-" if x is None else (f"{x:.3g}" if isinstance(x, float) else str(x))
+
+
+def format_dry_run(d: dict[str, Any]) -> str:
+    """The dry run as markdown tables: cells, units, MI estimates, and requests, FLOPs and dollars per role."""
+    where = (f"store {d['store']}: what it holds is done, the counts are what remains" if d["store_exists"]
+             else f"store {d['store'] or '-'} not created yet: everything is to do")
+    lines = [f"# sweep {d['name']} (dry run, no model loaded): {len(d['cells'])} cells, {len(d['units'])} units; "
+             f"{where}", "", "| cell | predictions to make / samples |", "|---|---|"]
+    lines += [f"| {c['cell_id']} | {c['predictions_todo']} / {c['samples']} |" for c in d["cells"]]
+    lines += ["", "| unit | compressor | task | seed | greedy | M | N | scorers | compressions to make / all |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for u in d["units"]:
+        mi = u["mi"] or {}
+        n = ("all" if mi.get("contexts_per_group") is None else mi["contexts_per_group"]) if mi else "-"
+        lines.append(f"| {u['key'][:8]} | {u['compressor']['model']} | {u['task']} | {u['seed']} | "
+                     f"{'yes' if u['greedy'] else 'no'} | {_num(mi.get('samples_per_context'))} | "
+                     f"{n} | {','.join(mi.get('scorers', [])) or '-'} | "
+                     f"{u['compressions_todo']} / {u['compressions']} |")
+    if d["mi"]:
+        lines += ["", "| MI of unit | scorer | groups | contexts | score requests |", "|---|---|---|---|---|"]
+        lines += [f"| {m['unit'][:8]} | {m['scorer']} | {m['groups']} | {m['contexts']} | "
+                  f"{'done' if m['done'] else m['score_requests']} |" for m in d["mi"]]
+    lines += ["", "| role | generate requests | score requests | prompt tok (est.) | completion tok (est.) | FLOPs "
+              "(est.) | dollars |", "|---|---|---|---|---|---|---|"]
+    for role, tk in d["tokens_estimated"].items():
+        lines.append(f"| {role} | {d['generate_requests'].get(role, 0)} | {d['score_requests'].get(role, 0)} | "
+                     f"{tk['prompt']} | {tk['completion']} | {_num(d['flops'].get(role))} | "
+                     f"{_num(d['dollars'].get(role))} |")
+    lines.append(f"| total | {d['generate_requests']['total']} | {d['score_requests']['total']} | | | "
+                 f"{_num(d['flops']['total'])} | {_num(d['dollars']['total'])} |")
+    comp = d["compressions"]
+    lines += ["", f"compressions: {comp['todo']} to make of {comp['total']} ({comp['done']} stored)",
+              f"tokens: {d['tokens']}", "requests the response cache would answer are counted here (they would "
+              "reach no model); dollars only for models with prices"]
+    return "\n".join(lines) + "\n"

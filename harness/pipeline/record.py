@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from harness.pipeline.plan import GREEDY_INDEX
 from harness.pipeline.sinks import CompressionRecord, ErrorRecord, PredictionRecord, ScoreRecord, sample_json
 from harness.records import Generation, ModelIdentity, Sample, Usage
 
@@ -28,7 +29,7 @@ class Recorder:
         self.cells: dict[str, str] = {}  # arm -> cell_id
         self.comp_ids: dict[tuple[str, str, int], int] = {}  # (sample_id, kind, j) -> compression_id
         self.pred_ids: dict[tuple[str, str], int] = {}  # (sample_id, arm) -> prediction_id
-        self.predictor_kind = "greedy"
+        self.reads: tuple[str, int] = ("greedy", GREEDY_INDEX)  # (kind, j) the predictor reads: plan.read_key
         self.cost: Any = None  # (role, Usage) -> {"flops": ..., "dollars": ...} of one call, as if uncached
 
     def _cost(self, role: str, usage: Usage) -> dict[str, Any]:
@@ -62,13 +63,13 @@ class Recorder:
     def stored_compression(self, sample_id: str, kind: str, j: int, seed: int, knob_hash: str) -> Generation | None:
         """The error-free compression the store holds for this key (its id remembered for the predictions), or None.
 
-        Greedy compressions are stored with sample_index -1, sampled ones with j (as `harness sweep` does).
+        `j` is the store's sample_index: GREEDY_INDEX (-1) for the greedy compression, j for sampled ones.
         """
         if self.store is None or "compressor" not in self.models:
             return None
         row = self.store.find_compression(compressor_model_id=self.models["compressor"], task=self.task,
                                           sample_id=sample_id, knob_hash=knob_hash,
-                                          sample_index=j if kind == "sample" else -1, seed=seed)
+                                          sample_index=j, seed=seed)
         if row is None or row.error is not None:
             return None
         self.comp_ids[(sample_id, kind, j)] = row.compression_id
@@ -85,7 +86,7 @@ class Recorder:
         g = r.generation
         cid = self.store.add_compression(
             compressor_model_id=self.models["compressor"], task=self.task, sample_id=r.sample_id,
-            knob_hash=r.knob_hash, text=g.text, sample_index=r.j if r.kind == "sample" else -1, seed=r.seed,
+            knob_hash=r.knob_hash, text=g.text, sample_index=r.j, seed=r.seed,
             token_ids=g.token_ids, n_tokens=r.n_tokens, context_tokens=r.context_tokens, truncated=r.truncated,
             finish_reason=g.finish_reason, params={"kind": r.kind}, error=g.error, run_id=self.run_id,
             usage=g.usage, **self._cost("compressor", g.usage),
@@ -96,7 +97,7 @@ class Recorder:
         self._jsonl("predictions", r.to_json())
         if self.store is None:
             return
-        comp = self.comp_ids.get((r.sample_id, self.predictor_kind, 0)) if r.arm == "compressed" else None
+        comp = self.comp_ids.get((r.sample_id, *self.reads)) if r.arm == "compressed" else None
         self.pred_ids[(r.sample_id, r.arm)] = self.store.add_prediction(
             cell_id=self.cells[r.arm], sample_id=r.sample_id, arm=r.arm, text=r.text, compression_id=comp,
             truncated=r.truncated, error=r.error, usage=r.usage, **self._cost("predictor", r.usage),

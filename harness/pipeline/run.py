@@ -20,6 +20,7 @@ from harness.config import RunConfig
 from harness.pipeline.compress import CompKey, compress_stage
 from harness.pipeline.distortion import score_continuations
 from harness.pipeline.mi_stage import mi_stage
+from harness.pipeline.plan import read_key, reads_sampled
 from harness.pipeline.record import Recorder
 from harness.pipeline.sinks import ErrorRecord, PredictionRecord, ScoreRecord
 from harness.pipeline.stages import Item, add_usage, fit_request, params_from, progress_bar, run_generation_stage
@@ -117,7 +118,7 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
              "mi": cfg.mi.model_dump() if cfg.mi else None}
     for arm in cfg.arms:
         writer.cell(arm, knobs)
-    writer.predictor_kind = "sample" if cfg.mi is not None and cfg.mi.predictor_reads == "sample0" else "greedy"
+    writer.reads = read_key(cfg)
     (out_dir / "run.json").write_text(
         json.dumps(
             {
@@ -153,7 +154,7 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
             if k in comp.errors:
                 it.error, it.error_stage = comp.errors[k], "compress"
                 continue
-            g = comp.results.get(CompKey(k, comp.predictor_kind, 0))
+            g = comp.results.get(CompKey(k, *read_key(cfg)))
             it.compression = g
             if g is None or g.error:
                 it.error, it.error_stage = (g.error if g else "no compression"), "compress"
@@ -219,7 +220,7 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
         "the compressor's output (deterministic: one compression per context)"
         if cfg.models.compressor is not None and cfg.models.compressor.backend == "python"
         else f"sampled compression j=0 (temperature {cfg.mi.temperature}; the channel MI describes)"
-        if writer.predictor_kind == "sample" and cfg.mi is not None
+        if reads_sampled(cfg) and cfg.mi is not None
         else "greedy compressions"
     )
     summary["identities"] = identities

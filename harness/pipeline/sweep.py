@@ -30,8 +30,12 @@ from harness.pipeline.mi_stage import mi_stage
 from harness.pipeline.plan import (
     Cell,
     CompressUnit,
+    adopt_legacy_mi,
+    compression_variants,
     expand,
     model_key_fields,
+    plan_models,
+    read_variant,
     sampling_params,
 )
 from harness.pipeline.record import store_mi_row
@@ -97,15 +101,7 @@ class Sweep:
     # ---- models ----
     def _models(self) -> list[tuple[str, ModelConfig]]:
         """(field, config) of every distinct model the plan uses."""
-        out: dict[str, tuple[str, ModelConfig]] = {}
-        for u in self.plan.units.values():
-            out.setdefault(self._mkey(u.compressor), ("sweep.compressors", u.compressor))
-            sc = u.cfg.models.scorer
-            if sc is not None and u.cfg.mi is not None and "scorer" in u.cfg.mi.scorers:
-                out.setdefault(self._mkey(sc), ("models.scorer", sc))
-        for c in self.plan.cells.values():
-            out.setdefault(self._mkey(c.cfg.models.predictor), ("sweep.predictors", c.cfg.models.predictor))
-        return list(out.values())
+        return plan_models(self.plan)
 
     @staticmethod
     def _mkey(mc: ModelConfig) -> str:
@@ -139,13 +135,15 @@ class Sweep:
         self.store.start_run(run_id=p.run_id, name=p.name, config=self.cfg, git_commit=_git_commit())
         for tk, t in p.tasks.items():
             self.store.add_samples(t.name, self.samples[tk])
+        # MI rows an older sweep stored before M and N were in their key are kept (see plan.adopt_legacy_mi)
+        adopt_legacy_mi(p, self.store, self.samples, lambda mc: self._model_id(mc, "sweep.compressors"))
         for c in p.cells.values():
             mc = c.cfg.models.compressor
             self.store.upsert_cell(
                 cell_id=c.cell_id, run_id=p.run_id, task=c.cfg.task.name, arm=c.arm,
                 predictor_model_id=self._model_id(c.cfg.models.predictor, "sweep.predictors"),
                 compressor_model_id=self._model_id(mc, "sweep.compressors") if c.unit and mc else None,
-                knobs={**c.knobs, "knob_hash": p.units[c.unit].knob_hash if c.unit else None},
+                knobs={**c.knobs, "knob_hash": p.units[c.unit].mi_hash if c.unit else None},
             )
         try:
             self.compress_stage()
@@ -183,13 +181,7 @@ class Sweep:
 
     # ---- stage 1: compress (and MI scored by the compressor itself) ----
     def _variants(self, rc: RunConfig, sample_id: str) -> list[tuple[str, int, Any]]:
-        out = []
-        greedy = params_from(rc.generation.compressor, rc.seed)
-        if "compressed" in rc.arms and (rc.mi is None or rc.mi.predictor_reads == "greedy"):
-            out.append(("greedy", -1, greedy))
-        if rc.mi is not None:
-            out += [("sample", j, sampling_params(rc, sample_id, j)) for j in range(rc.mi.samples_per_context)]
-        return out
+        return [(v.kind, v.index, v.params) for v in compression_variants(rc, sample_id)]
 
     def _stored_ok(self, row: Any) -> bool:
         return row is not None and (row.error is None or not self.retry)
@@ -203,13 +195,16 @@ class Sweep:
             be = self._backend(mc, "sweep.compressors")
             mid = self._model_id(mc, "sweep.compressors")
             jobs: list[tuple[tuple[Any, ...], GenRequest]] = []
+            seen: set[tuple[Any, ...]] = set()  # units that differ only in M or N share compressions: ask once
             for u in units:
                 rc = u.cfg
                 for s in self.samples[u.task_key]:
                     todo = [(kind, j, prm) for kind, j, prm in self._variants(rc, s.id)
-                            if not self._stored_ok(self.store.find_compression(
+                            if (rc.task.name, u.knob_hash, s.id, j, prm.seed) not in seen
+                            and not self._stored_ok(self.store.find_compression(
                                 compressor_model_id=mid, task=rc.task.name, sample_id=s.id, knob_hash=u.knob_hash,
                                 sample_index=j, seed=prm.seed))]
+                    seen.update((rc.task.name, u.knob_hash, s.id, j, prm.seed) for _, j, prm in todo)
                     if not todo:
                         continue
                     ctx_tokens = be.count_tokens(s.context)
@@ -279,12 +274,12 @@ class Sweep:
         assert rc.mi is not None and rc.models.compressor is not None
         cmid = self._model_id(rc.models.compressor, "sweep.compressors")
         done = self.store.rows("mi_estimates", run_id=self.plan.run_id, task=rc.task.name, group_id="",
-                               compressor_model_id=cmid, scorer_model_id=scorer_id, knob_hash=u.knob_hash,
+                               compressor_model_id=cmid, scorer_model_id=scorer_id, knob_hash=u.mi_hash,
                                mode=rc.mi.mode)
         if done and (done[0]["error"] is None or not self.retry):
             return
         comp_ident = self._backend(rc.models.compressor, "sweep.compressors").identity()
-        writer = _MIWriter(self.store, self.plan.run_id, rc.task.name, cmid, scorer_id, u.knob_hash)
+        writer = _MIWriter(self.store, self.plan.run_id, rc.task.name, cmid, scorer_id, u.mi_hash)
         mi_stage(rc, be, label, comp_ident, self.samples[u.task_key], self._comp_output(u, cmid), writer,
                  quiet=self.quiet)
         self.counts["mi_estimates"] += 1
@@ -312,11 +307,9 @@ class Sweep:
         rc = c.cfg
         u = self.plan.units[c.unit or ""]
         mid = self._model_id(u.compressor, "sweep.compressors")
-        sample0 = rc.mi is not None and rc.mi.predictor_reads == "sample0"
-        j = 0 if sample0 else -1
-        seed = sampling_params(rc, s.id, 0).seed if sample0 else rc.seed
+        v = read_variant(rc, s.id)
         row = self.store.find_compression(compressor_model_id=mid, task=rc.task.name, sample_id=s.id,
-                                          knob_hash=u.knob_hash, sample_index=j, seed=seed)
+                                          knob_hash=u.knob_hash, sample_index=v.index, seed=v.seed)
         if row is None:
             return None, None, "compression missing (the compress stage did not finish)"
         if row.error:
