@@ -210,3 +210,38 @@ def test_python_compressor_runs_end_to_end_with_proxy_mi(tmp_path, monkeypatch):
     assert again["mi"][0]["bits"] == pytest.approx(mi["bits"])
     with sqlite3.connect(tmp_path / "store.db") as db:
         assert db.execute("SELECT COUNT(*) FROM compressions").fetchone()[0] == n_comp == 4
+
+
+def test_python_compressors_sweep_end_to_end_with_proxy_mi(tmp_path):
+    """`harness sweep` over two settings of the shipped rule-based filter: two compressors (their options are their
+    identity), one compression per context each, proxy MI per compressor; a rerun makes no new rows."""
+    need_pack("smollm2-135m")
+    from harness.config import load_sweep_config
+    from harness.pipeline.sweep import run_sweep
+
+    comps = [{"model": EXAMPLE, "options": {"max_sentences": k}} for k in (2, 4)]
+    cfg = _cfg(tmp_path, comps[0], sweep={"compressors": comps, "predictors": ["gguf/smollm2-135m"]})
+    cfg["arms"] = ["compressed"]
+    p = tmp_path / "sweep.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    out = run_sweep(load_sweep_config(p), quiet=True)
+    assert out["cells"] == 2 and out["units"] == 2
+    assert out["predictions"] == {"total": 8, "errors": 0, "first_error": None}
+    db = sqlite3.connect(tmp_path / "store.db")
+    try:
+        rows = db.execute("SELECT m.name, c.sample_index, c.text, c.n_tokens, c.error FROM compressions c "
+                          "JOIN models m ON m.model_id = c.compressor_model_id WHERE m.backend = 'python'").fetchall()
+        assert len(rows) == 8 and {r[1] for r in rows} == {0} and all(r[4] is None and r[3] > 0 for r in rows)
+        assert len({r[2] for r in rows}) == 8  # two options settings: other texts, under other model rows
+        mi = db.execute("SELECT bits, n_samples, n_contexts, error, detail_json FROM mi_estimates "
+                        "WHERE group_id = ''").fetchall()
+        assert len(mi) == 2
+        for bits, n_samples, n_contexts, error, detail in mi:
+            d = json.loads(detail)
+            assert error is None and n_samples == 1 and n_contexts == 4 and d["tokenization"] == "proxy"
+            assert d["deterministic"] is True and bits <= d["deterministic_bits"] + 1e-9
+            assert d["mc_se_bits"] is None
+    finally:
+        db.close()
+    again = run_sweep(load_sweep_config(p), quiet=True)
+    assert again["new_rows"] == {} and again["generate_requests"] == 0 and again["score_requests"] == 0

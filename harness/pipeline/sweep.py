@@ -13,7 +13,6 @@ A compression is made once and read by every predictor and by the MI estimator.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import time
@@ -22,16 +21,18 @@ from typing import Any
 
 from harness.backends.base import STATS
 from harness.backends.registry import make_backend
+from harness.compressors import CompressInput, Compressor, LMCompressor, make_compressor
 from harness.config import ModelConfig, RunConfig
 from harness.cost import model_meta
 from harness.errors import UserError
-from harness.pipeline.compress import CompKey, CompressOutput
+from harness.pipeline.compress import CompKey, CompressOutput, run_compress_jobs
 from harness.pipeline.mi_stage import mi_stage
 from harness.pipeline.plan import (
     Cell,
     CompressUnit,
     adopt_legacy_mi,
     compression_variants,
+    draws_per_context,
     expand,
     model_key_fields,
     plan_models,
@@ -42,8 +43,8 @@ from harness.pipeline.record import store_mi_row
 from harness.pipeline.sinks import ErrorRecord, PredictionRecord, ScoreRecord
 from harness.pipeline.stages import Item, fit_request, params_from, progress_bar, run_generation_stage
 from harness.preflight import announce, check_models, check_outputs, load_samples
-from harness.prompts import arm_input, arm_messages, render
-from harness.records import Generation, GenRequest, Sample, Usage
+from harness.prompts import arm_input, arm_messages
+from harness.records import Generation, GenParams, GenRequest, Sample, Usage
 from harness.store.store import knob_hash
 
 #: crash points for the crash-safety tests: HARNESS_CRASH_AT=compress:N | predict:N | stage:NAME sends this
@@ -108,10 +109,21 @@ class Sweep:
         return knob_hash(model_key_fields(mc))
 
     def _backend(self, mc: ModelConfig, field: str) -> Any:
+        """The backend of a model (lazy), or for a `python/` compressor the compressor itself."""
         k = self._mkey(mc)
         if k not in self.backends:
-            self.backends[k] = make_backend(mc, field=field, cache=self.cache)
+            self.backends[k] = (make_compressor(self.cfg, mc, field=field, cache=self.cache) if mc.backend == "python"
+                                else make_backend(mc, field=field, cache=self.cache))
         return self.backends[k]
+
+    def _compressor(self, u: CompressUnit) -> Compressor:
+        """The compressor of a unit: its model's backend with the unit's prompt, or a `python/` compressor."""
+        obj = self._backend(u.compressor, "sweep.compressors")
+        if u.compressor.backend == "python":
+            return obj
+        rc = u.cfg
+        return LMCompressor(u.compressor.model, obj, rc.prompts.compressor, params_from(rc.generation.compressor,
+                                                                                         rc.seed))
 
     def _model_id(self, mc: ModelConfig, field: str) -> int:
         k = self._mkey(mc)
@@ -192,9 +204,8 @@ class Sweep:
             by_model.setdefault(self._mkey(u.compressor), []).append(u)
         for units in by_model.values():
             mc = units[0].compressor
-            be = self._backend(mc, "sweep.compressors")
             mid = self._model_id(mc, "sweep.compressors")
-            jobs: list[tuple[tuple[Any, ...], GenRequest]] = []
+            jobs: list[tuple[Any, Compressor, CompressInput, GenParams]] = []
             seen: set[tuple[Any, ...]] = set()  # units that differ only in M or N share compressions: ask once
             for u in units:
                 rc = u.cfg
@@ -207,29 +218,25 @@ class Sweep:
                     seen.update((rc.task.name, u.knob_hash, s.id, j, prm.seed) for _, j, prm in todo)
                     if not todo:
                         continue
-                    ctx_tokens = be.count_tokens(s.context)
-
-                    def build(ctx: str, s: Sample = s, rc: RunConfig = rc) -> GenRequest:
-                        return GenRequest.chat(render(rc.prompts.compressor, question=s.question, context=ctx),
-                                               params_from(rc.generation.compressor, rc.seed))
-
-                    req, trunc, err = fit_request(be, build, s.context, rc.overflow)
+                    comp = self._compressor(u)
+                    ctx_tokens = comp.count_tokens(s.context)
+                    inp, err = comp.prepare(s, rc.overflow)
+                    trunc = inp is not None and inp.truncated
                     for kind, j, prm in todo:
                         meta = (u, s, kind, j, prm.seed, ctx_tokens, trunc)
-                        if err:
-                            self._store_compression(mid, meta, None, err)
+                        if err or inp is None:
+                            self._store_compression(mid, meta, None, err or "the compressor could not take this sample")
                         else:
-                            assert req is not None
-                            jobs.append((meta, dataclasses.replace(req, params=prm)))
+                            jobs.append((meta, comp, inp, prm))
 
             def done(meta: tuple[Any, ...], g: Generation, mid: int = mid) -> None:
                 self._store_compression(mid, meta, g, g.error)
 
             with progress_bar(len(jobs), f"compress {mc.model}", self.quiet) as bar:
-                run_generation_stage(be, jobs, done, chunk=max(mc.batch_size, 1) * 2, progress=bar)
+                run_compress_jobs(jobs, done, max(mc.batch_size, 1) * 2, progress=bar)
             for u in units:
-                if u.cfg.mi is not None and "self" in u.cfg.mi.scorers:
-                    self._mi(u, be, "self", mid)
+                if u.cfg.mi is not None and "self" in u.cfg.mi.scorers:  # an LM: python/ compressors cannot score
+                    self._mi(u, self._compressor(u).scorer, "self", mid)
             for c in self.plan.cells.values():
                 if c.unit in {u.key for u in units}:
                     self.store.set_cell_status(c.cell_id, "compress", "done")
@@ -261,7 +268,7 @@ class Sweep:
         assert rc.mi is not None
         out = CompressOutput({}, {}, {}, {}, "sample")
         for idx, s in enumerate(self.samples[u.task_key]):
-            for j in range(rc.mi.samples_per_context):
+            for j in range(draws_per_context(rc)):
                 row = self.store.find_compression(compressor_model_id=mid, task=rc.task.name, sample_id=s.id,
                                                   knob_hash=u.knob_hash, sample_index=j,
                                                   seed=sampling_params(rc, s.id, j).seed)
