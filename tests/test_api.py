@@ -18,8 +18,9 @@ import harness
 from harness.errors import UserError
 from tests.conftest import need_pack
 
-CELL_COLS = {"cell_id", "run_id", "task", "arm", "compressor", "predictor", "n", "correct", "accuracy", "acc_lo",
-             "acc_hi", "errors", "summary_tokens", "token_ratio", "tokens", "mi_bits", "mi_lo", "mi_hi", "mi_mc_se"}
+CELL_COLS = {"cell_id", "run_id", "task", "arm", "compressor", "predictor", "samples", "answered", "n", "correct",
+             "accuracy", "acc_lo", "acc_hi", "errors", "summary_tokens", "token_ratio", "tokens", "mi_bits", "mi_lo",
+             "mi_hi", "mi_mc_se"}
 SAMPLE_COLS = {"prediction_id", "cell_id", "run_id", "task", "arm", "sample_id", "group_id", "prediction", "metric",
                "value", "correct", "status", "error_stage", "summary_tokens", "context_tokens"}
 MI_COLS = {"run_id", "task", "group_id", "compressor", "scorer", "mode", "n_contexts", "n_samples", "bits", "ci_lo",
@@ -112,7 +113,8 @@ def test_evaluate_numbers_equal_the_clis(evaluated: tuple[harness.Results, Path,
     for row in res.summary["rows"]:  # the run's own table
         c = by_arm.loc[row["arm"]]
         assert c["accuracy"] == pytest.approx(row["accuracy"])
-        assert int(c["n"]) == row["answered"] and int(c["errors"]) == row["errors"]
+        assert [c["acc_lo"], c["acc_hi"]] == pytest.approx(row["accuracy_ci"])
+        assert (int(c["samples"]), int(c["answered"]), int(c["errors"])) == (row["n"], row["answered"], row["errors"])
         if row["token_ratio"] is not None:
             assert c["token_ratio"] == pytest.approx(row["token_ratio"])
             assert c["summary_tokens"] == pytest.approx(row["summary_tokens"])
@@ -128,7 +130,8 @@ def test_evaluate_numbers_equal_the_clis(evaluated: tuple[harness.Results, Path,
     csv = pd.read_csv(out / "cells.csv").set_index("cell_id").sort_index()
     mine = res.cells.set_index("cell_id").sort_index()
     assert list(csv.index) == list(mine.index)
-    for col in ("accuracy", "acc_lo", "acc_hi", "n", "errors", "summary_tokens", "token_ratio", "mi_bits"):
+    for col in ("accuracy", "acc_lo", "acc_hi", "n", "answered", "errors", "summary_tokens", "token_ratio",
+                "mi_bits"):
         np.testing.assert_allclose(pd.to_numeric(csv[col]).to_numpy(float),
                                    pd.to_numeric(mine[col]).to_numpy(float), rtol=1e-12, equal_nan=True)
 
