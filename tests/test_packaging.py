@@ -147,6 +147,25 @@ def test_wheel_runs_a_task_from_an_empty_folder(installed: dict[str, Path]) -> N
 
 
 @pytest.mark.slow
+def test_editable_install_reads_the_checkout(tmp_path: Path) -> None:
+    """`pip install -e .` (hatchling): package data comes from the checkout's folders, and no stale copies of
+    tasks/ or configs/ land in site-packages."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    py = venv / "bin" / "python"
+    site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    (site / "_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "-q", "-e", str(REPO)],
+                   check=True, capture_output=True, text=True, env=_env(tmp_path), timeout=300)
+    assert not (site / "harness").exists()
+    r = subprocess.run([str(py), "-c", "import harness, json; from harness.resources import resource_dir as r; "
+                        "print(json.dumps([harness.__file__, str(r('tasks')), str(r('configs'))]))"],
+                       cwd=tmp_path, check=True, capture_output=True, text=True, env=_env(tmp_path), timeout=120)
+    assert json.loads(r.stdout) == [str(REPO / "harness" / "__init__.py"), str(REPO / "tasks"), str(REPO / "configs")]
+
+
+@pytest.mark.slow
 def test_wheel_loads_financebench(installed: dict[str, Path]) -> None:
     """The financebench task reads the shipped sample: as many samples as the source has rows."""
     src = SOURCE_FINANCEBENCH if SOURCE_FINANCEBENCH.exists() else financebench_file()
