@@ -292,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted (marked interrupted in the results store); {hint}" if hint else "interrupted",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`harness tasks list | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 0
     except OSError as e:
         if not e.filename:  # not a file-system error: a bug, show the traceback
             raise

@@ -57,6 +57,20 @@ def test_configs_are_the_checkout_files_and_parse() -> None:
         config_text("nope")
 
 
+def test_list_commands_into_a_closed_pipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`harness tasks list | head`: a reader that went away is exit 0, not a traceback."""
+    from harness.cli import main
+
+    r, w = os.pipe()
+    os.close(r)
+    out = open(w, "w", buffering=1)
+    monkeypatch.setattr(sys, "stdout", out)
+    try:
+        assert main(["tasks", "list"]) == 0
+    finally:
+        out.close()
+
+
 def test_financebench_sample_is_package_data_with_licence() -> None:
     """The FinanceBench sample lives under the package (one copy) with its licence notice."""
     f = financebench_file()
