@@ -49,15 +49,6 @@ def task_names() -> list[str]:
     return _yaml_names("tasks")
 
 
-def task_file(name: str) -> Any:
-    """The shipped defaults file of a task; a missing one is a `UserError` (never silently empty)."""
-    p = resource_dir("tasks") / f"{name}.yaml"
-    if not p.is_file():
-        raise UserError(f"task '{name}' has no defaults file {name}.yaml in the package data "
-                        f"({', '.join(task_names()) or 'none'} are there); reinstall harness")
-    return p
-
-
 def config_names() -> list[str]:
     """Names of the example configs (`harness configs list`)."""
     return _yaml_names("configs")
