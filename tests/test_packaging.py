@@ -81,6 +81,19 @@ def test_financebench_sample_is_package_data_with_licence() -> None:
         assert f.read_bytes() == SOURCE_FINANCEBENCH.read_bytes()
 
 
+def test_financebench_reads_the_shipped_sample_unless_told_otherwise(offline_datasets: None, tmp_path: Path) -> None:
+    """Default: the shipped sample (150 rows); `path` wins; another `hub_id` goes to the hub (offline here, so a
+    UserError naming it) instead of silently reading the shipped sample."""
+    from harness.tasks import load_task
+
+    assert len(load_task("financebench")) == 150
+    one = tmp_path / "one.jsonl"
+    one.write_text(financebench_file().read_text().splitlines()[0] + "\n")
+    assert len(load_task("financebench", options={"path": str(one)})) == 1
+    with pytest.raises(UserError, match=r"task\.options\.hub_id: cannot load 'someone/financebench-full'"):
+        load_task("financebench", options={"hub_id": "someone/financebench-full"})
+
+
 # ----------------------------------------------------------------------------- the wheel in a fresh venv
 
 

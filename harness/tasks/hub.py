@@ -30,6 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # the FinanceBench open-source sample shipped as package data (harness/resources/data/financebench)
 FINANCEBENCH_FILE = financebench_file()
 FINANCEBENCH_DIR = FINANCEBENCH_FILE.parent
+FINANCEBENCH_HUB_ID = "PatronusAI/financebench"  # the same 150 questions as the shipped sample
 CHARS_PER_TOKEN = 4
 _COMMON = ("path", "hub_id", "hub_config")
 _JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
@@ -364,7 +365,7 @@ def _fb_pages(task: str, i: int, rid: str, row: dict[str, Any]) -> list[tuple[st
 
 @register_task("financebench", options=(*_COMMON, "subset", "context", "context_tokens", "single_evidence_only"))
 def financebench(size: int | None, seed: int, split: str | None, *, path: str | None = None,
-                 hub_id: str | None = "PatronusAI/financebench", hub_config: str | None = None,
+                 hub_id: str | None = FINANCEBENCH_HUB_ID, hub_config: str | None = None,
                  subset: str = "all", context: str = "gold", context_tokens: int = 3000,
                  single_evidence_only: bool = False) -> list[Sample]:
     """FinanceBench open-source sample (150 questions on 10-K/10-Q filings).
@@ -372,8 +373,9 @@ def financebench(size: int | None, seed: int, split: str | None, *, path: str | 
     Schema (`financebench_open_source.jsonl`, same columns on the hub `PatronusAI/financebench`):
     `financebench_id`, `company`, `doc_name`, `question_type`, `question_reasoning`, `question`, `answer`,
     `justification`, `evidence: [{evidence_text, doc_name, evidence_page_num, evidence_text_full_page}]`.
-    With `path` null the sample shipped with harness is read (package data, licence CC BY-NC 4.0 in its README);
-    `path` overrides it, and `hub_id` is read only when the shipped file is missing (for the full dataset set `path`).
+    With `path` null and the default `hub_id` the sample shipped with harness is read (package data, licence
+    CC BY-NC 4.0 in its README), which is what that hub dataset holds. For the full dataset set `path` to a local
+    copy, or `hub_id` to another hub dataset with these columns (then it is read from the hub).
     Gold documents are the evidence pages (spans = where `evidence_text` occurs on the page). `context: full`
     adds evidence pages of other questions about the same company (seeded order, each only if it fits
     `context_tokens`; gold pages always kept) and shuffles document order. `subset`: numeric (answers that
@@ -384,7 +386,7 @@ def financebench(size: int | None, seed: int, split: str | None, *, path: str | 
     subset = _choice("subset", subset, ("numeric", "all", "text"))
     context = _choice("context", context, ("gold", "full"))
     budget_chars = (_positive("context_tokens", context_tokens) or 0) * CHARS_PER_TOKEN
-    if not path and FINANCEBENCH_FILE.is_file():
+    if not path and hub_id == FINANCEBENCH_HUB_ID and FINANCEBENCH_FILE.is_file():
         path = str(FINANCEBENCH_FILE)
     rows = []
     for i, row in enumerate(_iter_rows(task, path, hub_id, hub_config, split or "train")):
