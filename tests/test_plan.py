@@ -210,3 +210,26 @@ def test_an_old_stores_mi_rows_are_kept(tmp_path):
         assert c.execute("SELECT COUNT(*) FROM mi_estimates").fetchone()[0] == rows
         assert {json.loads(k).get("knob_hash") for (k,) in c.execute(
             "SELECT knobs_json FROM cells WHERE arm = 'compressed'")} == {u.knob_hash}
+
+
+#: ids that the code before plan.py (commit bcee175) gave this config, read from a store it wrote
+OLD_IDS = {"compressed": "compat/synthetic-records/compressed/smollm2-135m/smollm2-135m/5ce174a8",
+           "no-context": "compat/synthetic-records/no-context/-/smollm2-135m/f4f4b5cd"}
+OLD_COMPRESSION_KNOB_HASH = "1746e6670b28e298"
+
+
+def test_keys_are_those_of_stores_written_before(tmp_path):
+    """Cell ids and the compressions' knob hash stay those an older harness stored (transport defaults such as
+    batch_size moved and config sections were added since; neither may change an id), so a resumed old store
+    redoes nothing; the MI rows' hash is new (M and N are in it) and adopted from the old rows
+    (test_an_old_stores_mi_rows_are_kept)."""
+    p = _cfg(tmp_path, knobs={})
+    d = yaml.safe_load(p.read_text())
+    d["name"] = "compat"
+    for role in ("compressor", "predictor"):
+        d["models"][role].pop("batch_size")
+    p.write_text(yaml.safe_dump(d))
+    plan = expand(load_sweep_config(p))
+    assert {c.arm: c.cell_id for c in plan.cells.values()} == OLD_IDS
+    (u,) = plan.units.values()
+    assert u.knob_hash == OLD_COMPRESSION_KNOB_HASH

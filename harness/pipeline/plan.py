@@ -32,9 +32,15 @@ from harness.store.store import knob_hash
 #: the store's `sample_index` of the greedy compression; sampled MI compressions are j = 0..M-1
 GREEDY_INDEX = -1
 
-#: ModelConfig fields that change how calls are made, never what a model answers: kept out of every key
-TRANSPORT_FIELDS = ("device", "batch_size", "max_concurrency", "max_retries", "timeout_s", "api_key_env",
-                    "trust_remote_code")
+#: ModelConfig fields that change how calls are made, never what a model answers: kept out of every key, where each
+#: takes the value it had by default when keys were first written (so a later change of a default, such as
+#: batch_size 4 → 8, changes no id)
+TRANSPORT_KEY_VALUES: dict[str, Any] = {"device": "auto", "batch_size": 4, "max_concurrency": 4, "max_retries": 4,
+                                        "timeout_s": 120.0, "api_key_env": None, "trust_remote_code": False}
+TRANSPORT_FIELDS = tuple(TRANSPORT_KEY_VALUES)
+
+#: config sections added after keys were first written: left out of every key while unset, so older ids stay
+LATER_SECTIONS = ("retrieval",)
 
 
 # ---------------------------------------------------------------------------- model and compression keys
@@ -45,14 +51,13 @@ def model_key_fields(mc: ModelConfig) -> dict[str, Any]:
     (cell hash, compression unit, the sweep's model and backend maps).
 
     Transport and execution settings (TRANSPORT_FIELDS: timeouts, retries, concurrency, batch size, device, which
-    environment variable holds the key, the remote-code permission) are reset to their defaults rather than
-    dropped, so the ids of configs that never set them stay as they were. `base_url` stays, with its credentials
-    hidden (`redact_url`): it names which server, and so which weights, answers, as in the backend identity; a
-    rotated key or password keeps every id.
+    environment variable holds the key, the remote-code permission) are set to fixed values (TRANSPORT_KEY_VALUES,
+    the defaults when keys were first written) rather than dropped, so the ids of stores written before stay.
+    `base_url` stays, with its credentials hidden (`redact_url`): it names which server, and so which weights,
+    answers, as in the backend identity; a rotated key or password keeps every id.
     """
     d = mc.model_dump(mode="json")
-    for f in TRANSPORT_FIELDS:
-        d[f] = ModelConfig.model_fields[f].default
+    d.update(TRANSPORT_KEY_VALUES)
     d["base_url"] = redact_url(d["base_url"])
     return d
 
@@ -72,6 +77,9 @@ def compression_knobs(cfg: RunConfig) -> dict[str, Any]:
     }
     if cfg.mi is not None:
         knobs["mi_temperature"] = cfg.mi.temperature
+    for k in LATER_SECTIONS:  # e.g. retrieval decides the context the compressor reads
+        if getattr(cfg, k, None) is not None:
+            knobs[k] = getattr(cfg, k).model_dump(mode="json")
     return knobs
 
 
@@ -268,6 +276,9 @@ def _cell_hash(rc: RunConfig, arm: str) -> str:
         keep["models"][role] = model_key_fields(mc) if mc is not None else None
     for k in ("name", "output", "prices", "sweep", "arms"):
         keep.pop(k, None)
+    for k in LATER_SECTIONS:
+        if keep.get(k) is None:
+            keep.pop(k, None)
     keep["models"].pop("scorer", None)
     keep["models"].pop("judge", None)
     if arm != "compressed":
