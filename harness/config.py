@@ -21,7 +21,9 @@ from pydantic import (
 
 from harness.errors import UserError
 
-BACKENDS = ("hf", "gguf", "openai", "vllm", "python")
+BACKENDS = ("hf", "gguf", "openai", "vllm", "python", "filter")
+#: compressors that are functions, not language models: `python/<module>:<function>` and `filter/<kind>` (RAG filters)
+FUNCTION_BACKENDS = ("python", "filter")
 #: backends that are language models (every role); `python/` names a compressor function (compressor role only)
 LM_BACKENDS = ("hf", "gguf", "openai", "vllm")
 ARMS = ("compressed", "full-context", "no-context", "gold-context")
@@ -73,8 +75,9 @@ class ModelConfig(_Strict):
             if not sep or not mod or not fn:
                 raise ValueError(f"'{self.model}' is not a python compressor spec; write python/<module>:<function>, "
                                  "e.g. python/mypkg.filters:keep_sentences")
-        elif self.options:
-            raise ValueError(f"options are the keyword arguments of a python/ compressor; '{self.model}' takes none")
+        elif self.options and self.backend != "filter":
+            raise ValueError(f"options are the keyword arguments of a python/ compressor or the knobs of a filter/ "
+                             f"one; '{self.model}' takes none")
         return self
 
     @field_validator("tokenizer")
@@ -113,9 +116,9 @@ class Roles(_Strict):
     def _python_only_compresses(self) -> Roles:
         for role in ("predictor", "scorer", "judge"):
             mc = getattr(self, role)
-            if mc is not None and mc.backend == "python":
-                raise ValueError(f"models.{role}.model: '{mc.model}' is a python/ compressor; the {role} must be a "
-                                 f"language model ({', '.join(LM_BACKENDS)})")
+            if mc is not None and mc.backend in FUNCTION_BACKENDS:
+                raise ValueError(f"models.{role}.model: '{mc.model}' is a {mc.backend}/ compressor; the {role} "
+                                 f"must be a language model ({', '.join(LM_BACKENDS)})")
         return self
 
 
@@ -317,8 +320,9 @@ class RunConfig(_Strict):
                 raise ValueError("mi needs models.compressor (the channel whose information is measured)")
             if "scorer" in self.mi.scorers and self.models.scorer is None:
                 raise ValueError("mi.scorers lists 'scorer' but models.scorer is not set; add a scorer model")
-            if "self" in self.mi.scorers and self.models.compressor.backend == "python":
-                raise ValueError(f"mi.scorers: '{self.models.compressor.model}' is a python/ compressor, which cannot "
+            if "self" in self.mi.scorers and self.models.compressor.backend in FUNCTION_BACKENDS:
+                raise ValueError(f"mi.scorers: '{self.models.compressor.model}' is a "
+                                 f"{self.models.compressor.backend}/ compressor, which cannot "
                                  "score its own output ('self'); set models.scorer and mi.scorers: [scorer]")
         return self
 

@@ -113,6 +113,13 @@ def check_models(models: Iterable[tuple[str, ModelConfig]]) -> None:
     from harness.backends.registry import make_backend
 
     for field, mc in models:
+        if mc.backend == "filter":  # a RAG filter: its kind and knobs (the tokenizer and scorer resolve as models)
+            from harness.compressors.filters import filter_options
+
+            filter_options(mc.name, mc.options, field)
+            if mc.tokenizer:
+                make_backend(ModelConfig(model=mc.tokenizer), field=f"{field}.tokenizer").close()
+            continue
         if mc.backend == "python":  # a user's compressor: its module, function and options (and tokenizer) resolve
             from harness.compressors.python import resolve
 

@@ -32,6 +32,10 @@ def make_compressor(cfg: RunConfig, mc: ModelConfig | None = None, *, field: str
 
     mc = mc or cfg.models.compressor
     assert mc is not None
+    if mc.backend == "filter":
+        from harness.compressors.filters import make_filter
+
+        return make_filter(cfg, mc, field=field, cache=cache)
     if mc.backend == "python":
         tok = tokenizer_spec(cfg, mc)
         if tok is None:
