@@ -12,7 +12,7 @@ from harness.compressors.filters import (
     select_budget,
     sentences,
 )
-from harness.compressors.ib import IBScorer, IBTerms, select_ib
+from harness.compressors.ib import IBScorer, IBTerms, compression_row, select_ib
 from harness.config import parse_config
 from harness.errors import UserError
 from harness.records import Document, GenParams, Sample
@@ -108,6 +108,8 @@ def test_filter_options_errors() -> None:
         filter_options("extractive", {"by": "tfidf", "sentences": 2})
     with pytest.raises(UserError, match=r"options.budgets"):
         filter_options("ib-oracle", {"budgets": [0]})
+    with pytest.raises(UserError, match=r"options.abstractive: an LM compressor spec"):
+        filter_options("ib-oracle", {"abstractive": "python/m:f"})
     with pytest.raises(UserError, match=r"filter/ib-oracle scores its candidates with models.scorer"):
         make_compressor(_cfg("filter/ib-oracle"))
 
@@ -187,10 +189,20 @@ def test_ib_terms_and_oracle_on_smollm2(multidoc: list[Sample], smollm2, tok) ->
     assert g.correctness > 4.0 > 2.0 > d.correctness  # only the supporting sentence makes "1900" much likelier
     assert g.conciseness > empty.conciseness and 0 < g.rate < 0.2
     assert select_ib([empty, g, d]) == 1
-    comp = FilterCompressor("filter/ib-oracle", {"budgets": [2], "max_single": 2}, tokenizer=tok, ib=ib)
+    from harness.compressors.lm import LMCompressor
+    from harness.config import DEFAULT_PROMPTS
+
+    lm = LMCompressor("gguf/smollm2-135m", smollm2, DEFAULT_PROMPTS["compressor"], GenParams(max_new_tokens=24))
+    comp = FilterCompressor("filter/ib-oracle", {"budgets": [2], "max_single": 2}, tokenizer=tok, ib=ib,
+                            abstractive=lm)
     [gen] = _run(comp, [s])
     det = comp.details[s.id]
+    names = [c["name"] for c in det["candidates"]]
+    assert names[0] == "empty" and names[-1] == "abstractive" and len(names) >= 4
     chosen = next(c for c in det["candidates"] if c["name"] == det["chosen"])
     assert chosen["ib_score"] == min(c["ib_score"] for c in det["candidates"])
-    assert [c["name"] for c in det["candidates"]][0] == "empty" and len(det["candidates"]) >= 3
     assert det["chosen"] != "empty" and "1900" in gen.text  # at beta 10 the oracle keeps the answer's sentence
+    row = compression_row(s, gen.text, IBTerms(**{k: chosen[k] for k in ("logp_xt_q", "tokens", "retrieved_tokens")},
+                                               logp_y_xt_q=tuple(chosen["logp_y_xt_q"]),
+                                               logp_y_q=tuple(chosen["logp_y_q"])))
+    assert row["ib_score"] == pytest.approx(chosen["ib_score"]) and row["support_recall"] == 1.0

@@ -13,10 +13,12 @@ Kinds (all deterministic: the same sample gives the same text, so M = 1 for MI, 
 - `filter/extractive` `{by: bm25|embedding, sentences: S | tokens: B, order: original|score}`: the context's
   sentences ranked by BM25 (bm25s, over the sample's sentences) or cosine similarity to the question, taken best
   first while they fit the budget (a sentence that does not fit is skipped), written in `order`.
-- `filter/ib-oracle` `{beta: 10, budgets: [1, 2, 4], max_single: 8, by: bm25}`: per sample, the candidate with the
-  lowest information-bottleneck score (`harness.compressors.ib`) among the empty compression, the `max_single`
-  best single sentences and the extractive sets at `budgets` sentences, scored by `models.scorer` (float32) with
-  the gold answer: an upper bound on what a filter at that beta can keep, not a deployable filter.
+- `filter/ib-oracle` `{beta: 10, budgets: [1, 2, 4], max_single: 8, by: bm25, abstractive: null}`: per sample, the
+  candidate with the lowest information-bottleneck score (`harness.compressors.ib`) among the empty compression,
+  the `max_single` best single sentences, the extractive sets at `budgets` sentences and, with `abstractive: SPEC`
+  (an LM such as gguf/smollm2-135m, with the run's compressor prompt and generation settings), its greedy summary;
+  scored by `models.scorer` (float32) with the gold answer: an upper bound on what a filter at that beta can
+  keep, not a deployable filter. `details[sample_id]` holds every candidate's terms and the choice.
 
 Sentences are the task's labelled sentences where it has them (`meta["doc_sentences"]`: synthetic-multidoc), so
 gold-support precision and recall (`harness.retrieval.gold`) count what a filter keeps; otherwise each passage is
@@ -114,7 +116,8 @@ _OPTIONS: dict[str, dict[str, Any]] = {
     "full": {},
     "truncate": {"tokens": None},
     "extractive": {"by": "bm25", "sentences": None, "tokens": None, "order": "original", "embedder": "minilm-l6"},
-    "ib-oracle": {"beta": 10.0, "budgets": [1, 2, 4], "max_single": 8, "by": "bm25", "embedder": "minilm-l6"},
+    "ib-oracle": {"beta": 10.0, "budgets": [1, 2, 4], "max_single": 8, "by": "bm25", "embedder": "minilm-l6",
+                  "abstractive": None},
 }
 
 
@@ -155,6 +158,9 @@ def filter_options(kind: str, options: dict[str, Any], field: str = "models.comp
             raise UserError(f"{field}.options.budgets: a list of sentence counts >= 1, e.g. [1, 2, 4]; got {b!r}")
         if isinstance(o["beta"], bool) or not isinstance(o["beta"], (int, float)) or o["beta"] < 0:
             raise UserError(f"{field}.options.beta: a number >= 0; got {o['beta']!r}")
+        a = o["abstractive"]
+        if a is not None and (not isinstance(a, str) or a.partition("/")[0] not in ("hf", "gguf", "openai", "vllm")):
+            raise UserError(f"{field}.options.abstractive: an LM compressor spec such as gguf/smollm2-135m; got {a!r}")
     return o
 
 
@@ -164,18 +170,21 @@ class FilterCompressor:
     deterministic = True
 
     def __init__(self, spec: str, options: dict[str, Any] | None = None, *, tokenizer: Any = None, ib: Any = None,
-                 field: str = "models.compressor"):
+                 abstractive: Any = None, field: str = "models.compressor"):
         self.spec = spec
         self.kind = spec.partition("/")[2]
         self.options = filter_options(self.kind, dict(options or {}), field)
         self.tokenizer = tokenizer  # a local backend: counts tokens, truncates
         self.ib = ib  # harness.compressors.ib.IBScorer: filter/ib-oracle only
+        self.abstractive = abstractive  # an LMCompressor whose greedy summary is one more ib-oracle candidate
         if self.kind == "ib-oracle" and ib is None:
             raise UserError(f"{field}.model: filter/ib-oracle scores candidates with an LM; set models.scorer")
         parts = [self.kind, self.options, FILTER_VERSION]
         parts.append(tokenizer.identity().key() if tokenizer is not None else "")
         if ib is not None:
             parts.append(ib.key())
+        if abstractive is not None:
+            parts.append([abstractive.identity().key(), repr(abstractive.prompt), repr(abstractive.greedy)])
         self._identity = ModelIdentity("filter", self.kind, stable_hash(parts)[:16], "", "")
         #: per compression, what the filter decided (the ib-oracle's candidates and terms), keyed by sample id
         self.details: dict[str, dict[str, Any]] = {}
@@ -209,6 +218,12 @@ class FilterCompressor:
         cands += [(f"single:{units[i].doc_id}#{units[i].index}", units[i].text)
                   for i in order[: self.options["max_single"]]]
         cands += [(f"extractive:{b}", join(units, order[:b])) for b in self.options["budgets"]]
+        if self.abstractive is not None:
+            inp, err = self.abstractive.prepare(sample, "truncate")
+            gen = self.abstractive.compress([(inp, self.abstractive.greedy)])[0] if inp is not None else None
+            if gen is None or gen.error:
+                raise RuntimeError(f"abstractive candidate failed: {err or gen.error}")  # type: ignore[union-attr]
+            cands.append(("abstractive", gen.text.strip()))
         seen: set[str] = set()
         return [(n, t) for n, t in cands if not (t in seen or seen.add(t))]  # type: ignore[func-returns-value]
 
@@ -259,6 +274,8 @@ class FilterCompressor:
             self.tokenizer.close()
         if self.ib is not None:
             self.ib.close()
+        if self.abstractive is not None:
+            self.abstractive.close()
 
 
 
@@ -288,4 +305,12 @@ def make_filter(cfg: Any, mc: Any, *, field: str = "models.compressor.model", ca
         if sc.dtype == "auto":
             sc = sc.model_copy(update={"dtype": "float32"})
         ib = IBScorer(make_backend(sc, field="models.scorer.model", cache=cache), cfg.prompts, tokenizer=tb)
-    return FilterCompressor(mc.model, mc.options, tokenizer=tb, ib=ib, field=base)
+    lm = None
+    spec = mc.options.get("abstractive")
+    if spec:
+        from harness.compressors.lm import LMCompressor
+        from harness.pipeline.stages import params_from
+
+        be = make_backend(ModelConfig(model=spec), field=f"{base}.options.abstractive", cache=cache)
+        lm = LMCompressor(spec, be, cfg.prompts.compressor, params_from(cfg.generation.compressor, cfg.seed))
+    return FilterCompressor(mc.model, mc.options, tokenizer=tb, ib=ib, abstractive=lm, field=base)

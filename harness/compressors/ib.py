@@ -124,3 +124,11 @@ class IBScorer:
     def close(self) -> None:
         self.backend.close()
 
+
+
+def compression_row(sample: Sample, text: str, terms: IBTerms, beta: float = BETA) -> dict[str, Any]:
+    """What to store for one compression of a RAG filter: its IB terms, compression rate and, where the task labels
+    supporting sentences (synthetic-multidoc), the gold-support precision and recall of what it kept."""
+    from harness.retrieval.gold import gold_support
+
+    return {"sample_id": sample.id, **terms.to_json(beta), **gold_support(sample.meta, text)}
