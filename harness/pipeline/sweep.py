@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections import Counter
 from typing import Any
@@ -45,6 +46,7 @@ from harness.pipeline.stages import Item, fit_request, params_from, progress_bar
 from harness.preflight import announce, check_models, check_outputs, load_samples
 from harness.prompts import arm_input, arm_messages
 from harness.records import Generation, GenParams, GenRequest, Sample, Usage
+from harness.store.lease import Leases
 from harness.store.store import knob_hash
 
 #: crash points for the crash-safety tests: HARNESS_CRASH_AT=compress:N | predict:N | stage:NAME sends this
@@ -98,6 +100,7 @@ class Sweep:
         self.model_ids: dict[str, int] = {}
         self.backends: dict[str, Any] = {}
         self.counts: Counter[str] = Counter()
+        self.leases: Leases | None = None
 
     # ---- models ----
     def _models(self) -> list[tuple[str, ModelConfig]]:
@@ -157,6 +160,7 @@ class Sweep:
                 compressor_model_id=self._model_id(mc, "sweep.compressors") if c.unit and mc else None,
                 knobs={**c.knobs, "knob_hash": p.units[c.unit].mi_hash if c.unit else None},
             )
+        leases = self.leases = self.store.leases(p.run_id)  # several workers on this store split the stages' units
         try:
             self.compress_stage()
             _crash("stage:mi")
@@ -175,6 +179,7 @@ class Sweep:
             for be in self.backends.values():
                 be.close()
             self.backends.clear()
+            leases.close()  # unfinished units go back to the other workers at once
         self.store.finish_run(p.run_id, "done")
         out = {
             "name": p.name, "run_id": p.run_id, "cells": len(p.cells), "units": len(p.units),
@@ -199,11 +204,14 @@ class Sweep:
         return row is not None and (row.error is None or not self.retry)
 
     def compress_stage(self) -> None:
-        by_model: dict[str, list[CompressUnit]] = {}
-        for u in self.plan.units.values():
-            by_model.setdefault(self._mkey(u.compressor), []).append(u)
-        for units in by_model.values():
+        # one lease per set of units sharing their compressions (compressor, task, knob hash), in model order
+        groups: dict[str, list[CompressUnit]] = {}
+        for u in sorted(self.plan.units.values(), key=lambda u: self._mkey(u.compressor)):
+            groups.setdefault(f"{self._mkey(u.compressor)}:{u.cfg.task.name}:{u.knob_hash}", []).append(u)
+        loaded: ModelConfig | None = None
+        for _, units in self._claimed("compress", list(groups.items()), lambda kv: kv[0]):
             mc = units[0].compressor
+            loaded = self._switch(loaded, mc)
             mid = self._model_id(mc, "sweep.compressors")
             jobs: list[tuple[Any, Compressor, CompressInput, GenParams]] = []
             seen: set[tuple[Any, ...]] = set()  # units that differ only in M or N share compressions: ask once
@@ -240,7 +248,26 @@ class Sweep:
             for c in self.plan.cells.values():
                 if c.unit in {u.key for u in units}:
                     self.store.set_cell_status(c.cell_id, "compress", "done")
-            self._release(mc)
+        self._switch(loaded, None)
+
+    # ---- leases: workers on one store split each stage's units ----
+    def _claimed(self, stage: str, items: list[Any], key: Any) -> Any:
+        """The items of `stage` this worker leased (see harness.store.lease); returns when all are done."""
+        said: list[int] = []
+
+        def on_wait(n: int) -> None:
+            if not self.quiet and not said:
+                print(f"{stage}: waiting for {n} unit(s) leased by other workers", file=sys.stderr)
+            said.append(n)
+
+        assert self.leases is not None
+        return self.leases.each(stage, items, key, on_wait)
+
+    def _switch(self, loaded: ModelConfig | None, mc: ModelConfig | None) -> ModelConfig | None:
+        """Release the loaded model when the next unit needs another (one model in memory at a time)."""
+        if loaded is not None and (mc is None or self._mkey(loaded) != self._mkey(mc)):
+            self._release(loaded)
+        return mc
 
     def _store_compression(self, mid: int, meta: tuple[Any, ...], g: Generation | None, err: str | None) -> None:
         u, s, kind, j, seed, ctx_tokens, trunc = meta
@@ -295,18 +322,16 @@ class Sweep:
     def proxy_mi_stage(self) -> None:
         units = [u for u in self.plan.units.values()
                  if u.cfg.mi is not None and "scorer" in u.cfg.mi.scorers and u.cfg.models.scorer is not None]
-        by_model: dict[str, list[CompressUnit]] = {}
-        for u in units:
-            assert u.cfg.models.scorer is not None
-            by_model.setdefault(self._mkey(u.cfg.models.scorer), []).append(u)
-        for us in by_model.values():
-            sc = us[0].cfg.models.scorer
+        units.sort(key=lambda u: self._mkey(u.cfg.models.scorer))  # type: ignore[arg-type]
+        loaded: ModelConfig | None = None
+        for u in self._claimed("mi", units, lambda u: f"{u.key}:{self._mkey(u.cfg.models.scorer)}"):
+            sc = u.cfg.models.scorer
             assert sc is not None
+            loaded = self._switch(loaded, sc)
             be = self._backend(sc, "models.scorer")
             sid = self._model_id(sc, "models.scorer")
-            for u in us:
-                self._mi(u, be, sc.model, sid)
-            self._release(sc)
+            self._mi(u, be, sc.model, sid)
+        self._switch(loaded, None)
 
     # ---- stage 3: predict ----
     def _compression_for(self, c: Cell, s: Sample) -> tuple[str | None, int | None, str | None]:
@@ -337,8 +362,11 @@ class Sweep:
         by_model: dict[str, list[Cell]] = {}
         for c in self.plan.cells.values():
             by_model.setdefault(self._mkey(c.cfg.models.predictor), []).append(c)
-        for cells in by_model.values():
-            mp = cells[0].cfg.models.predictor
+        loaded: ModelConfig | None = None
+        for cell in self._claimed("predict", [c for cs in by_model.values() for c in cs], lambda c: c.cell_id):
+            cells = [cell]  # one lease per cell, in predictor order
+            mp = cell.cfg.models.predictor
+            loaded = self._switch(loaded, mp)
             be = self._backend(mp, "sweep.predictors")
             jobs: list[tuple[tuple[Any, ...], GenRequest]] = []
             continuations: list[tuple[Cell, list[Item]]] = []
@@ -380,7 +408,7 @@ class Sweep:
                     score_continuations(be, its, c.cfg, _ContinuationWriter(self, c, its), {}, progress=bar)
             for c in cells:
                 self.store.set_cell_status(c.cell_id, "predict", "done")
-            self._release(mp)
+        self._switch(loaded, None)
 
     def _store_prediction(self, meta: tuple[Any, ...], g: Generation | None, err: str | None) -> int:
         c, s, comp_id, trunc = meta
@@ -398,7 +426,7 @@ class Sweep:
     def score_stage(self) -> None:
         from harness.metrics import score_prediction
 
-        for c in self.plan.cells.values():
+        for c in self._claimed("score", list(self.plan.cells.values()), lambda c: c.cell_id):
             by_id = {s.id: s for s in self.samples[c.task_key]}
             _, rows = self.store.query(
                 "SELECT p.prediction_id, p.sample_id, p.text FROM predictions p "
