@@ -536,3 +536,17 @@ def test_each_splits_units_waits_for_the_others_and_gives_back_on_failure(url):
         assert a.claim("predict", "c1") == CLAIMED  # given back at once, not after the TTL
         a.close()
         b.close()
+
+
+def test_workers_opening_one_new_store_at_once_create_it_once(url):
+    """Several sweep workers start on one empty store together: each open succeeds and the schema is made once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def open_close(_: int) -> int:
+        with Store.open(url) as st:
+            return st.schema_version()
+
+    with ThreadPoolExecutor(4) as ex:
+        assert list(ex.map(open_close, range(4))) == [SCHEMA_VERSION] * 4
+    with Store.open(url) as st:
+        assert st.query("SELECT COUNT(*) FROM schema_version")[1][0][0] == 1

@@ -67,6 +67,9 @@ def _v2_to_v3(db: Db) -> None:
 # Migrations: MIGRATIONS[v](db) upgrades a store from version v to v + 1 (runs inside a transaction).
 MIGRATIONS: dict[int, Callable[[Db], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
+#: PostgreSQL advisory lock held while a store's schema is created or migrated (concurrent DDL would collide)
+_SCHEMA_LOCK = 0x6861726E
+
 _PACKAGES = ("harness", "torch", "transformers", "accelerate", "vllm", "openai", "llama_cpp_python", "numpy", "scipy")
 
 
@@ -198,6 +201,8 @@ class Store:
     def _init_schema(self, *, create: bool) -> None:
         db = self._db
         with db.transaction(write=create):
+            if db.dialect == "postgresql" and create:  # workers opening one new store at once: one creates it
+                db.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))
             if not db.table_exists(VERSION_TABLE):
                 if not create:
                     raise UserError(f"{self.url} is not a results store (no {VERSION_TABLE} table); check the URL")
