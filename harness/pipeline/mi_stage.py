@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.config import RunConfig
+from harness.config import LM_BACKENDS, RunConfig
 from harness.mi import MIEstimate, bits_per_token, deterministic_mi_bits, estimate_mi, estimate_mi_groups
 from harness.pipeline.compress import CompKey, CompressOutput, compression_knob_hash, draws_per_context
 from harness.pipeline.sinks import Sink
@@ -54,8 +54,8 @@ def _mi_groups(cfg: RunConfig, scorer: Any, scorer_label: str, compressor_identi
                comp: CompressOutput, writer: Sink, groups: list[list[int]], progress: Any) -> dict[str, Any]:
     mi = cfg.mi
     assert mi is not None
-    m = draws_per_context(cfg)  # 1 for a sampling-free (python/) compressor: its draws would all be one text
-    deterministic = cfg.models.compressor is not None and cfg.models.compressor.backend == "python"
+    m = draws_per_context(cfg)  # 1 for a sampling-free compressor (python/, filter/): its draws would be one text
+    deterministic = cfg.models.compressor is not None and cfg.models.compressor.backend not in LM_BACKENDS
     ident = scorer.identity()
     exact = ident == compressor_identity
     plain = mi.temperature == 1.0

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.config import ModelConfig, RunConfig, TaskConfig, parse_config
+from harness.config import LM_BACKENDS, ModelConfig, RunConfig, TaskConfig, parse_config
 from harness.errors import UserError
 from harness.pipeline.stages import params_from
 from harness.records import GenParams
@@ -145,10 +145,10 @@ def read_variant(cfg: RunConfig, sample_id: str) -> Variant:
 
 def draws_per_context(cfg: RunConfig) -> int:
     """M, the sampled compressions per context for MI: `mi.samples_per_context`, but 1 for a sampling-free
-    compressor (`python/`), whose draws would all be the same text (see harness.compressors.python)."""
+    compressor (`python/`, `filter/`), whose draws would all be the same text (see harness.compressors.python)."""
     assert cfg.mi is not None
     mc = cfg.models.compressor
-    return 1 if mc is not None and mc.backend == "python" else cfg.mi.samples_per_context
+    return 1 if mc is not None and mc.backend not in LM_BACKENDS else cfg.mi.samples_per_context
 
 
 def compression_variants(cfg: RunConfig, sample_id: str) -> list[Variant]:

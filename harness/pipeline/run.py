@@ -16,7 +16,7 @@ from harness.backends.base import STATS
 from harness.backends.cache import ResponseCache
 from harness.backends.registry import make_backend
 from harness.compressors import Compressor, make_compressor
-from harness.config import RunConfig
+from harness.config import LM_BACKENDS, RunConfig
 from harness.pipeline.compress import CompKey, compress_stage
 from harness.pipeline.distortion import score_continuations
 from harness.pipeline.mi_stage import mi_stage
@@ -218,7 +218,7 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
     summary["mi"] = mi_rows
     summary["predictor_reads"] = (
         "the compressor's output (deterministic: one compression per context)"
-        if cfg.models.compressor is not None and cfg.models.compressor.backend == "python"
+        if cfg.models.compressor is not None and cfg.models.compressor.backend not in LM_BACKENDS
         else f"sampled compression j=0 (temperature {cfg.mi.temperature}; the channel MI describes)"
         if reads_sampled(cfg) and cfg.mi is not None
         else "greedy compressions"

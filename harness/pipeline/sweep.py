@@ -23,7 +23,7 @@ from typing import Any
 from harness.backends.base import STATS
 from harness.backends.registry import make_backend
 from harness.compressors import CompressInput, Compressor, LMCompressor, make_compressor
-from harness.config import ModelConfig, RunConfig
+from harness.config import LM_BACKENDS, ModelConfig, RunConfig
 from harness.cost import model_meta
 from harness.errors import UserError
 from harness.pipeline.compress import CompKey, CompressOutput, run_compress_jobs
@@ -112,17 +112,18 @@ class Sweep:
         return knob_hash(model_key_fields(mc))
 
     def _backend(self, mc: ModelConfig, field: str) -> Any:
-        """The backend of a model (lazy), or for a `python/` compressor the compressor itself."""
+        """The backend of a model (lazy), or for a compressor that is not an LM (python/, filter/) the compressor."""
         k = self._mkey(mc)
         if k not in self.backends:
-            self.backends[k] = (make_compressor(self.cfg, mc, field=field, cache=self.cache) if mc.backend == "python"
-                                else make_backend(mc, field=field, cache=self.cache))
+            lm = mc.backend in LM_BACKENDS
+            self.backends[k] = (make_backend(mc, field=field, cache=self.cache) if lm
+                                else make_compressor(self.cfg, mc, field=field, cache=self.cache))
         return self.backends[k]
 
     def _compressor(self, u: CompressUnit) -> Compressor:
-        """The compressor of a unit: its model's backend with the unit's prompt, or a `python/` compressor."""
+        """The compressor of a unit: its model's backend with the unit's prompt, or a python/ or filter/ one."""
         obj = self._backend(u.compressor, "sweep.compressors")
-        if u.compressor.backend == "python":
+        if u.compressor.backend not in LM_BACKENDS:
             return obj
         rc = u.cfg
         return LMCompressor(u.compressor.model, obj, rc.prompts.compressor, params_from(rc.generation.compressor,
