@@ -166,3 +166,16 @@ def _write(tmp_path: Path) -> Path:
     p.write_text(yaml.safe_dump(cfg))
     return p
 
+
+
+def test_samples_for_a_run_config() -> None:
+    """Without a retrieval section the task's samples pass unchanged; with one, each reads its top-k passages."""
+    from harness.config import parse_config
+    from harness.retrieval import samples_for
+
+    d = {"task": {"name": "synthetic-multidoc", "size": 2, "options": {"context_tokens": 0}},
+         "models": {"predictor": {"model": "gguf/smollm2-135m"}}, "arms": ["full-context"]}
+    samples = load_task("synthetic-multidoc", size=2, seed=0, options={"context_tokens": 0})
+    assert samples_for(parse_config(d), samples) == samples
+    out = samples_for(parse_config({**d, "retrieval": {"corpus": "sample", "top_k": 2}}), samples)
+    assert [len(s.documents) for s in out] == [2, 2] and all(s.meta["retrieval"]["k"] == 2 for s in out)

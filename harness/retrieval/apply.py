@@ -125,3 +125,11 @@ def retrieve_samples(samples: Sequence[Sample], rc: RetrievalConfig, cache: Any 
                "queries": len(set(keys)), "searched": len(searched),
                "recall_at_k": sum(recalls) / len(recalls) if recalls else None, "with_gold": len(recalls)}
     return out, summary
+
+
+def samples_for(cfg: Any, samples: list[Sample], cache: Any = None) -> list[Sample]:
+    """The samples a run config's stages read: retrieved (`cfg.retrieval`) or as the task made them. The one call a
+    pipeline makes after loading a task; pass the run's response cache so retrieval is shared and resumable."""
+    if getattr(cfg, "retrieval", None) is None:
+        return list(samples)
+    return retrieve_samples(samples, cfg.retrieval, cache)[0]
