@@ -449,13 +449,19 @@ def _open_store(url: str | None) -> Any:
     return Store.open(url, create=False)
 
 
-def _stored_model_id(store: Any, mc: ModelConfig, field: str) -> int | None:
-    """The store's id of a model (its identity computed from its files, no weights loaded); None if absent."""
+def _stored_model_id(store: Any, cfg: RunConfig, mc: ModelConfig, field: str) -> int | None:
+    """The store's id of a model or compressor (its identity computed from its files, no weights loaded); None if
+    absent."""
     from harness.backends.registry import make_backend
 
     if store is None:
         return None
-    ident = make_backend(mc, field=field).identity()
+    if mc.backend in LM_BACKENDS:
+        ident = make_backend(mc, field=field).identity()
+    else:  # a compressor that is not a language model (python/ ...)
+        from harness.compressors import make_compressor
+
+        ident = make_compressor(cfg, mc, field=field).identity()
     rows = store.rows("models", backend=ident.backend, name=redact_url(ident.name), revision=ident.revision,
                       dtype=ident.dtype, chat_template_hash=ident.chat_template_hash)
     return int(rows[0]["model_id"]) if rows else None
@@ -486,7 +492,7 @@ def dry_run(cfg: RunConfig, *, retry_errors: bool = False) -> dict[str, Any]:
     def mid(mc: ModelConfig) -> int | None:
         k = model_key(mc)
         if k not in ids:
-            ids[k] = _stored_model_id(store, mc, fields.get(k, "models"))
+            ids[k] = _stored_model_id(store, cfg, mc, fields.get(k, "models"))
         return ids[k]
 
     def ok(row: Any) -> bool:
@@ -526,8 +532,9 @@ def dry_run(cfg: RunConfig, *, retry_errors: bool = False) -> dict[str, Any]:
                             sample_index=v.index, seed=v.seed)):
                         continue
                     n_todo += 1
-                    roles.setdefault("compressor", RoleCost()).call(arch(cm), price(cm.model), prompt,
-                                                                    v.params.max_new_tokens)
+                    if cm.backend in LM_BACKENDS:  # a python/ compressor's call is no model request
+                        roles.setdefault("compressor", RoleCost()).call(arch(cm), price(cm.model), prompt,
+                                                                        v.params.max_new_tokens)
             comp_total += n_all
             comp_todo += n_todo
             units_out.append({"key": u.key, "task": rc.task.name, **unit_key_fields(rc), "knob_hash": u.knob_hash,
