@@ -22,9 +22,8 @@ from harness.config import RunConfig
 from harness.errors import UserError
 from harness.metrics import MetricResult, bits_per_byte, mean_with_ci
 from harness.pipeline.sinks import ErrorRecord, PredictionRecord, ScoreRecord, Sink
-from harness.pipeline.stages import Item, add_usage, chunks, fit_request
-from harness.prompts import arm_input, arm_messages
-from harness.records import GenParams, GenRequest, ScoreResult, Usage
+from harness.pipeline.stages import Item, add_usage, chunks, predict_request
+from harness.records import GenParams, ScoreResult, Usage
 from harness.scoring import reply_request
 
 METRIC = "bits_per_byte"
@@ -50,14 +49,10 @@ def score_continuations(backend: Any, items: list[Item], cfg: RunConfig, writer:
             _fail(it, writer, "empty reference continuation; nothing to score")
             continue
         summary = it.compression.text if it.compression is not None else None
-        text, tmpl, key = arm_input(cfg.prompts, it.arm, it.sample, summary)
         # the continuation takes the place of generated tokens in the context-window check
         params = GenParams(max_new_tokens=max(backend.count_tokens(reference) or 0, 1))
-
-        def build(t: str, tmpl=tmpl, key=key, s=it.sample, params=params) -> GenRequest:
-            return GenRequest.chat(arm_messages(tmpl, key, s, t), params)
-
-        req, trunc, err = fit_request(KeepTail(backend), build, text, cfg.overflow)
+        req, trunc, err = predict_request(KeepTail(backend), cfg.prompts, cfg.overflow, it.arm, it.sample, summary,
+                                          params)
         it.prediction_truncated = trunc
         if err:
             _fail(it, writer, err)

@@ -23,8 +23,7 @@ from harness.pipeline.mi_stage import mi_stage
 from harness.pipeline.plan import read_key, reads_sampled
 from harness.pipeline.record import Recorder
 from harness.pipeline.sinks import ErrorRecord, PredictionRecord, ScoreRecord
-from harness.pipeline.stages import Item, add_usage, fit_request, params_from, progress_bar, run_generation_stage
-from harness.prompts import arm_input, arm_messages
+from harness.pipeline.stages import Item, add_usage, params_from, predict_request, progress_bar, run_generation_stage
 from harness.records import Generation, GenParams, GenRequest
 from harness.store.redact import redact
 
@@ -178,12 +177,8 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
         if it.error or it.sample.answer_type == "continuation":  # distortion: scored below, not generated
             continue
         s = it.sample
-        text, tmpl, key = arm_input(cfg.prompts, it.arm, s, it.compression.text if it.compression else None)
-
-        def build(t: str, tmpl=tmpl, key=key, s=s) -> GenRequest:
-            return GenRequest.chat(arm_messages(tmpl, key, s, t), pparams)
-
-        req, trunc, err = fit_request(be, build, text, cfg.overflow)
+        summary = it.compression.text if it.compression else None
+        req, trunc, err = predict_request(be, cfg.prompts, cfg.overflow, it.arm, s, summary, pparams)
         it.prediction_truncated = trunc
         if err:
             it.error, it.error_stage = err, "predict"

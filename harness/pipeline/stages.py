@@ -71,6 +71,23 @@ def fit_request(
     return None, False, f"context overflow: could not truncate the prompt to fit window {window}"
 
 
+def predict_request(backend: Any, prompts: Any, overflow: str, arm: str, sample: Sample, summary: str | None,
+                    params: GenParams) -> tuple[GenRequest | None, bool, str | None]:
+    """The predictor's request for one (sample, arm), fitted to its window: (request, truncated, error).
+
+    `summary` is the compression the compressed arm reads; the other arms read the context (or nothing). The one
+    place `harness run` and `harness sweep` build a predictor request (prompts: `harness.prompts.arm_input`).
+    """
+    from harness.prompts import arm_input, arm_messages
+
+    text, tmpl, key = arm_input(prompts, arm, sample, summary)
+
+    def build(t: str) -> GenRequest:
+        return GenRequest.chat(arm_messages(tmpl, key, sample, t), params)
+
+    return fit_request(backend, build, text, overflow)
+
+
 def progress_bar(total: int, desc: str, quiet: bool, leave: bool = True) -> Any:
     """A tqdm bar on stderr (counts, elapsed and remaining time); disabled when `quiet`."""
     from tqdm import tqdm

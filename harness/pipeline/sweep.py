@@ -42,9 +42,8 @@ from harness.pipeline.plan import (
 )
 from harness.pipeline.record import store_mi_row
 from harness.pipeline.sinks import ErrorRecord, PredictionRecord, ScoreRecord
-from harness.pipeline.stages import Item, fit_request, params_from, progress_bar, run_generation_stage
+from harness.pipeline.stages import Item, params_from, predict_request, progress_bar, run_generation_stage
 from harness.preflight import announce, check_models, check_outputs, load_samples
-from harness.prompts import arm_input, arm_messages
 from harness.records import Generation, GenParams, GenRequest, Sample, Usage
 from harness.store.lease import Leases
 from harness.store.store import knob_hash
@@ -385,12 +384,7 @@ class Sweep:
                     if s.answer_type == "continuation":
                         items.append(Item(s, c.arm, compression=_text_generation(summary), extra={"comp_id": comp_id}))
                         continue
-                    text, tmpl, key = arm_input(rc.prompts, c.arm, s, summary)
-
-                    def build(t: str, tmpl=tmpl, key=key, s=s, pparams=pparams) -> GenRequest:
-                        return GenRequest.chat(arm_messages(tmpl, key, s, t), pparams)
-
-                    req, trunc, ferr = fit_request(be, build, text, rc.overflow)
+                    req, trunc, ferr = predict_request(be, rc.prompts, rc.overflow, c.arm, s, summary, pparams)
                     if ferr:
                         self._store_prediction((c, s, comp_id, False), None, ferr)
                     else:
