@@ -19,7 +19,7 @@ from harness.retrieval import recall_at_k, retrieve_samples
 from harness.retrieval.corpus import folder_corpus
 from harness.retrieval.retrievers import rrf, top_k
 from harness.tasks import load_task
-from tests.conftest import need
+from tests.conftest import need, need_pack
 
 PASSAGES = [
     {"id": "bridge", "title": "Ashford", "text": "Ashford is known for its stone bridge over the River Corran."},
@@ -179,3 +179,48 @@ def test_samples_for_a_run_config() -> None:
     assert samples_for(parse_config(d), samples) == samples
     out = samples_for(parse_config({**d, "retrieval": {"corpus": "sample", "top_k": 2}}), samples)
     assert [len(s.documents) for s in out] == [2, 2] and all(s.meta["retrieval"]["k"] == 2 for s in out)
+
+
+@pytest.mark.parametrize("mode", ["run", "sweep"])
+def test_run_and_sweep_read_the_retrieved_contexts(tmp_path: Path, mode: str) -> None:
+    """`harness run` and `harness sweep` compress what `retrieval:` retrieved: `filter/full` keeps its whole input,
+    so each stored compression is exactly the sample's top-k passages, not the task's own context; in a sweep each
+    `retrieval.top_k` is a compression unit of its own (real smollm2 predictor, float32)."""
+    need_pack("smollm2-135m")
+    import sqlite3
+
+    from harness.config import load_sweep_config, parse_config
+    from harness.pipeline.run import run
+    from harness.pipeline.sweep import run_sweep
+
+    task = {"name": "synthetic-multidoc", "size": 2, "seed": 0, "options": {"context_tokens": 100}}
+    cfg = {"name": f"t-retr-{mode}", "task": task,
+           "models": {"compressor": {"model": "filter/full"},
+                      "predictor": {"model": "gguf/smollm2-135m", "dtype": "float32"}},
+           "arms": ["compressed"], "generation": {"predictor": {"max_new_tokens": 4}},
+           "retrieval": {"corpus": "sample", "retriever": "bm25", "top_k": 2},
+           "output": {"dir": str(tmp_path / "out"), "cache": str(tmp_path / "c.sqlite"),
+                      "store": str(tmp_path / "store.db")}}
+    ks = [2] if mode == "run" else [1, 2]
+    if mode == "run":
+        run(parse_config(cfg), quiet=True)
+    else:
+        cfg["sweep"] = {"compressors": ["filter/full"], "predictors": ["gguf/smollm2-135m"],
+                        "knobs": {"retrieval.top_k": ks}}
+        p = tmp_path / "sweep.yaml"
+        p.write_text(yaml.safe_dump(cfg))
+        out = run_sweep(load_sweep_config(p), quiet=True)
+        assert out["units"] == 2 and out["cells"] == 2
+    samples = load_task("synthetic-multidoc", size=2, seed=0, options={"context_tokens": 100})
+    expected = {(s.id, k): r.context for k in ks
+                for s, r in zip(samples, retrieve_samples(samples, RetrievalConfig(corpus="sample", top_k=k))[0],
+                                strict=True)}
+    db = sqlite3.connect(tmp_path / "store.db")
+    try:
+        rows = db.execute("SELECT sample_id, text, error FROM compressions").fetchall()
+    finally:
+        db.close()
+    assert len(rows) == len(expected) and all(e is None for _, _, e in rows)
+    assert {(sid, t) for sid, t, _ in rows} == {(sid, t) for (sid, _), t in expected.items()}
+    own = {s.id: s.context for s in samples}
+    assert all(t != own[sid] and len(t) < len(own[sid]) for sid, t, _ in rows)  # k of the sample's passages

@@ -25,7 +25,7 @@ from typing import Any
 from harness.config import LM_BACKENDS, ModelConfig, RunConfig, TaskConfig, parse_config
 from harness.errors import UserError
 from harness.pipeline.stages import params_from
-from harness.records import GenParams
+from harness.records import GenParams, Sample
 from harness.store.redact import redact_url
 from harness.store.store import knob_hash
 
@@ -242,6 +242,8 @@ class Plan:
     name: str
     run_id: str
     tasks: dict[str, TaskConfig] = field(default_factory=dict)
+    #: the `retrieval:` section each task key reads its contexts through (None: the task's own documents)
+    retrievals: dict[str, Any] = field(default_factory=dict)
     units: dict[str, CompressUnit] = field(default_factory=dict)
     cells: dict[str, Cell] = field(default_factory=dict)
 
@@ -312,7 +314,11 @@ def expand(cfg: RunConfig) -> Plan:
         rc = parse_config(d, f"sweep cell ({d['models']['compressor']['model']} → {d['models']['predictor']['model']}"
                              f"{', ' + where if where else ''})")
         task_key = knob_hash(rc.task.model_dump(mode="json"))
+        if rc.retrieval is not None:  # retrieved contexts are other samples: a key of their own
+            task_key = knob_hash({"task": rc.task.model_dump(mode="json"),
+                                  "retrieval": rc.retrieval.model_dump(mode="json")})
         plan.tasks.setdefault(task_key, rc.task)
+        plan.retrievals.setdefault(task_key, rc.retrieval)
         unit_key = None
         needs_compression = "compressed" in rc.arms or rc.mi is not None
         if needs_compression:
@@ -325,6 +331,25 @@ def expand(cfg: RunConfig) -> Plan:
             if cid not in plan.cells:
                 plan.cells[cid] = Cell(cid, rc, arm, task_key, unit_key if arm == "compressed" else None, setting)
     return plan
+
+
+def check_plan_retrieval(plan: Plan) -> None:
+    """One-line errors for a `retrieval:` section that cannot run (missing corpus folder, unfetched embedder)."""
+    from harness.retrieval import check_retrieval
+
+    for rc in plan.retrievals.values():
+        if rc is not None:
+            check_retrieval(rc)
+
+
+def task_samples(plan: Plan, task_key: str, samples: list[Sample], cache: Any) -> list[Sample]:
+    """The samples a task key's stages read: retrieved through its `retrieval:` section, else as loaded."""
+    rc = plan.retrievals.get(task_key)
+    if rc is None:
+        return list(samples)
+    from harness.retrieval import retrieve_samples
+
+    return retrieve_samples(samples, rc, cache)[0]
 
 
 def legacy_mi_hash(plan: Plan, unit: CompressUnit) -> str | None:
@@ -484,7 +509,9 @@ def dry_run(cfg: RunConfig, *, retry_errors: bool = False) -> dict[str, Any]:
     plan = expand(cfg)
     models = plan_models(plan)
     check_models(models)
-    samples = {tk: load_samples(t) for tk, t in plan.tasks.items()}
+    check_plan_retrieval(plan)
+    # the retriever runs (it is not an LM; nothing is cached or written), so contexts are the ones the sweep reads
+    samples = {tk: task_samples(plan, tk, load_samples(t), None) for tk, t in plan.tasks.items()}
     store = _open_store(cfg.output.store)
     fields = {model_key(mc): f for f, mc in models}
     ids: dict[str, int | None] = {}

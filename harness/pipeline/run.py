@@ -79,9 +79,14 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
     check_outputs(cfg, run_folder=True)
     models = run_models(cfg)
     check_models(models)
-    samples = load_samples(cfg.task)
+    from harness.retrieval import check_retrieval, samples_for
+
+    task_samples = load_samples(cfg.task)
+    if cfg.retrieval is not None:
+        check_retrieval(cfg.retrieval)
     announce(models)
     cache = ResponseCache(cfg.output.cache) if cfg.output.cache else None
+    samples = samples_for(cfg, task_samples, cache)  # the contexts every stage reads (retrieved, or the task's own)
     # resolve every model spec up front (lazy: no weights load here), so a bad spec fails fast
     compressor: Compressor | None = None
     comp_be = None  # an LM compressor's backend (its architecture and cost per call)
@@ -101,7 +106,7 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
         store = Store.open(cfg.output.store)
         store.start_run(run_id=run_id, name=cfg.name, config=cfg, git_commit=_git_commit())
         started.update(store=store, run_id=run_id)
-        store.add_samples(cfg.task.name, samples)
+        store.add_samples(cfg.task.name, task_samples)
     writer = Recorder(out_dir, store, run_id, cfg.task.name)
     writer.cost = _cost_fn(cfg, {"compressor": comp_be, "predictor": pred_be})
     from harness.cost import model_meta

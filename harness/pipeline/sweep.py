@@ -32,6 +32,7 @@ from harness.pipeline.plan import (
     Cell,
     CompressUnit,
     adopt_legacy_mi,
+    check_plan_retrieval,
     compression_variants,
     draws_per_context,
     expand,
@@ -39,6 +40,7 @@ from harness.pipeline.plan import (
     plan_models,
     read_variant,
     sampling_params,
+    task_samples,
 )
 from harness.pipeline.record import store_mi_row
 from harness.pipeline.sinks import ErrorRecord, PredictionRecord, ScoreRecord
@@ -92,9 +94,13 @@ class Sweep:
         check_outputs(cfg, run_folder=False)
         models = self._models()
         check_models(models)
-        self.samples: dict[str, list[Sample]] = {tk: load_samples(t) for tk, t in self.plan.tasks.items()}
+        check_plan_retrieval(self.plan)
+        # the task's samples as loaded (stored), and the ones the stages read (retrieved where a cell says so)
+        self.task_samples: dict[str, list[Sample]] = {tk: load_samples(t) for tk, t in self.plan.tasks.items()}
         announce(models)
         self.cache = ResponseCache(cfg.output.cache) if cfg.output.cache else None
+        self.samples: dict[str, list[Sample]] = {tk: task_samples(self.plan, tk, ss, self.cache)
+                                                 for tk, ss in self.task_samples.items()}
         self.store = Store.open(cfg.output.store)
         self.model_ids: dict[str, int] = {}
         self.backends: dict[str, Any] = {}
@@ -149,7 +155,7 @@ class Sweep:
         p = self.plan
         self.store.start_run(run_id=p.run_id, name=p.name, config=self.cfg, git_commit=_git_commit())
         for tk, t in p.tasks.items():
-            self.store.add_samples(t.name, self.samples[tk])
+            self.store.add_samples(t.name, self.task_samples[tk])
         # MI rows an older sweep stored before M and N were in their key are kept (see plan.adopt_legacy_mi)
         adopt_legacy_mi(p, self.store, self.samples, lambda mc: self._model_id(mc, "sweep.compressors"))
         for c in p.cells.values():
