@@ -195,3 +195,21 @@ def test_run_table_shows_answered_unparseable_and_truncated():
     assert cells["accuracy [95% CI] (of answered)"] == "0.500 [0.33, 0.67]"
     assert (cells["n"], cells["answered"], cells["errors"], cells["unparseable"], cells["truncated"]) == (
         "40", "30", "10", "4", "3")
+
+
+def test_git_commit_is_only_the_harness_checkouts(tmp_path, monkeypatch):
+    """An installed harness inside another project's repository records no commit, not that project's."""
+    from harness.pipeline import run as run_mod
+
+    repo = tmp_path / "project"
+    repo.mkdir()
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+           "PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True, env=env)
+    subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", "x"], cwd=repo, check=True, env=env)
+    installed = repo / "venv" / "site-packages" / "harness" / "pipeline" / "run.py"
+    installed.parent.mkdir(parents=True)
+    monkeypatch.setattr(run_mod, "__file__", str(installed))
+    assert run_mod._git_commit() is None
+    monkeypatch.setattr(run_mod, "__file__", str(repo / "harness" / "pipeline" / "run.py"))  # a checkout: its commit
+    assert run_mod._git_commit() is not None and len(run_mod._git_commit() or "") == 40

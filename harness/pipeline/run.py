@@ -29,14 +29,13 @@ from harness.store.redact import redact
 
 
 def _git_commit() -> str | None:
+    """The commit of the harness checkout this code runs from; None for an installed package (whose folder may
+    sit inside some other project's repository: that project's commit is not ours)."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
     try:
-        r = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).resolve().parents[2],
-            timeout=5,
-        )
+        r = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=root, timeout=5)
         return r.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
