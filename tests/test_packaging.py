@@ -45,6 +45,15 @@ def test_missing_task_defaults_is_an_error(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("HARNESS_TASKS_DIR", str(tmp_path))
     with pytest.raises(UserError, match=r"synthetic-records.*defaults file .* is missing"):
         load_task("synthetic-records", size=1)
+    # a task registered by the user's own code ships no defaults file: its function's defaults apply
+    from harness.records import Sample
+    from harness.tasks.base import TASKS, TaskSpec
+
+    def mine(size: int, seed: int, split: str | None = None) -> list[Sample]:
+        return [Sample(f"s{i}", f"q{seed}?", (), ("a",)) for i in range(size)]
+
+    monkeypatch.setitem(TASKS, "my-own-task", TaskSpec("my-own-task", mine, ()))
+    assert [(s.id, s.question) for s in load_task("my-own-task", size=2, seed=1)] == [("s0", "q1?"), ("s1", "q1?")]
 
 
 def test_configs_are_the_checkout_files_and_parse() -> None:
