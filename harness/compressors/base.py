@@ -20,10 +20,13 @@ the same text for every seed: the harness draws one compression per context for 
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from harness.records import Generation, GenParams, GenRequest, ModelIdentity, Sample
+from harness.errors import UserError
+from harness.records import Generation, GenParams, GenRequest, ModelIdentity, Sample, Usage
 
 
 @dataclass(frozen=True)
@@ -67,3 +70,24 @@ class Compressor(Protocol):
     def close(self) -> None:
         """Release what it holds (an LM's weights)."""
         ...
+
+
+def text_compression(spec: str, make: Callable[[], Any], context: str,
+                     count_tokens: Callable[[str], int | None]) -> Generation:
+    """One call of a compressor that returns plain text (a `python/` function, a filter): the text with its token
+    counts, or an error row when the call raises or returns something other than a string (one failed sample never
+    stops the run); a `UserError` (a bad option) still does. "stop": the text is complete, so a proxy scorer also
+    scores its end of turn, as for an LM that stopped."""
+    t0 = time.perf_counter()
+    try:
+        out = make()
+    except UserError:
+        raise
+    except Exception as e:
+        msg = " ".join(f"{type(e).__name__}: {e}".split())[:500]
+        return Generation("", [], None, Usage(seconds=time.perf_counter() - t0), error=f"{spec} raised {msg}")
+    seconds = time.perf_counter() - t0
+    if not isinstance(out, str):
+        return Generation("", [], None, Usage(seconds=seconds), error=f"{spec} returned {type(out).__name__}, not str")
+    usage = Usage(prompt_tokens=count_tokens(context) or 0, completion_tokens=count_tokens(out) or 0, seconds=seconds)
+    return Generation(out, [], None, usage, finish_reason="stop")

@@ -28,15 +28,14 @@ split after `.`, `!` or `?` and at line breaks.
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from harness.compressors.base import CompressInput
+from harness.compressors.base import CompressInput, text_compression
 from harness.errors import UserError
-from harness.records import Generation, GenParams, ModelIdentity, Sample, Usage, stable_hash
+from harness.records import Generation, GenParams, ModelIdentity, Sample, stable_hash
 
 KINDS = ("full", "truncate", "extractive", "ib-oracle")
 #: bumped when a filter's output for the same sample and options changes (part of its identity)
@@ -253,17 +252,7 @@ class FilterCompressor:
         return cands[best][1]
 
     def _one(self, inp: CompressInput) -> Generation:
-        t0 = time.perf_counter()
-        try:
-            out = self.text(inp.sample)
-        except UserError:
-            raise
-        except Exception as e:  # one sample failed: an error row, never a crash of the run
-            msg = " ".join(f"{type(e).__name__}: {e}".split())[:500]
-            return Generation("", [], None, Usage(seconds=time.perf_counter() - t0), error=f"{self.spec}: {msg}")
-        usage = Usage(prompt_tokens=self.count_tokens(inp.context) or 0, completion_tokens=self.count_tokens(out) or 0,
-                      seconds=time.perf_counter() - t0)
-        return Generation(out, [], None, usage, finish_reason="stop")
+        return text_compression(self.spec, lambda: self.text(inp.sample), inp.context, self.count_tokens)
 
     @property
     def scorer(self) -> Any:

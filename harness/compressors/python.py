@@ -37,13 +37,12 @@ import inspect
 import json
 import os
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
-from harness.compressors.base import CompressInput
+from harness.compressors.base import CompressInput, text_compression
 from harness.errors import UserError
-from harness.records import Generation, GenParams, ModelIdentity, Sample, Usage
+from harness.records import Generation, GenParams, ModelIdentity, Sample
 
 
 def _import(module: str, field: str, spec: str) -> Any:
@@ -152,20 +151,8 @@ class PythonCompressor:
         return [self._one(inp) for inp, _ in jobs]
 
     def _one(self, inp: CompressInput) -> Generation:
-        t0 = time.perf_counter()
-        try:
-            out = self.fn(inp.sample.question, inp.context)
-        except Exception as e:  # the user's code failed on this sample: an error row, never a crash of the run
-            msg = " ".join(f"{type(e).__name__}: {e}".split())[:500]
-            return Generation("", [], None, Usage(seconds=time.perf_counter() - t0), error=f"{self.spec} raised {msg}")
-        seconds = time.perf_counter() - t0
-        if not isinstance(out, str):
-            return Generation("", [], None, Usage(seconds=seconds),
-                              error=f"{self.spec} returned {type(out).__name__}, not str")
-        usage = Usage(prompt_tokens=self.count_tokens(inp.context) or 0, completion_tokens=self.count_tokens(out) or 0,
-                      seconds=seconds)
-        # "stop": the text is complete, so a proxy scorer also scores its end of turn (as for an LM that stopped)
-        return Generation(out, [], None, usage, finish_reason="stop")
+        return text_compression(self.spec, lambda: self.fn(inp.sample.question, inp.context), inp.context,
+                                self.count_tokens)
 
     @property
     def scorer(self) -> Any:
