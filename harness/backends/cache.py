@@ -21,6 +21,7 @@ from harness.records import (
     ScoreResult,
     stable_hash,
 )
+from harness.store.db import set_wal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -61,7 +62,7 @@ class ResponseCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=60)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        set_wal(self._db, timeout=60)
         self._db.executescript(SCHEMA)
         self._db.commit()
 

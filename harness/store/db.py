@@ -8,6 +8,7 @@ transactions behave the same on both backends.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +18,21 @@ from typing import Any
 from harness.errors import UserError
 
 PG_SCHEMES = ("postgresql://", "postgres://")
+
+
+def set_wal(conn: sqlite3.Connection, timeout: float = 30.0) -> None:
+    """Put a SQLite file in WAL mode. Switching takes the file's lock without waiting on the busy timeout, so
+    workers opening one new file at the same moment get "database is locked": retry until `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 @dataclass(frozen=True)
@@ -71,7 +87,7 @@ class Db:
             conn = sqlite3.connect(target.path, isolation_level=None, timeout=30.0)
             conn.execute("PRAGMA foreign_keys = ON")
             if not memory:
-                conn.execute("PRAGMA journal_mode = WAL")
+                set_wal(conn)
                 conn.execute("PRAGMA synchronous = NORMAL")
             return Db(target, conn)
         try:
