@@ -223,6 +223,7 @@ class Sweep:
             seen: set[tuple[Any, ...]] = set()  # units that differ only in M or N share compressions: ask once
             for u in units:
                 rc = u.cfg
+                comp = self._compressor(u)
                 for s in self.samples[u.task_key]:
                     todo = [(kind, j, prm) for kind, j, prm in self._variants(rc, s.id)
                             if (rc.task.name, u.knob_hash, s.id, j, prm.seed) not in seen
@@ -232,7 +233,6 @@ class Sweep:
                     seen.update((rc.task.name, u.knob_hash, s.id, j, prm.seed) for _, j, prm in todo)
                     if not todo:
                         continue
-                    comp = self._compressor(u)
                     ctx_tokens = comp.count_tokens(s.context)
                     inp, err = comp.prepare(s, rc.overflow)
                     trunc = inp is not None and inp.truncated
