@@ -198,7 +198,7 @@ def _mi_cfg(seed: int = 0):
 
 def test_sampling_seed_per_sample_and_j():
     """Pure logic: a seed per (sample, j), stable across calls, changed by the run seed, within 31 bits."""
-    from harness.pipeline.compress import sampling_params
+    from harness.pipeline.plan import sampling_params
 
     cfg = _mi_cfg()
     seeds = {(sid, j): sampling_params(cfg, sid, j).seed for sid in ("a", "b", "c") for j in range(3)}

@@ -9,15 +9,7 @@ from typing import Any
 
 from harness.compressors import CompressInput, Compressor
 from harness.config import RunConfig
-from harness.pipeline.plan import (  # noqa: F401 (compression keys: defined in plan.py, re-exported here)
-    compression_knob_hash,
-    compression_knobs,
-    compression_variants,
-    draws_per_context,
-    read_key,
-    sample_seed,
-    sampling_params,
-)
+from harness.pipeline.plan import compression_knob_hash, compression_variants, read_key
 from harness.pipeline.record import Recorder
 from harness.pipeline.sinks import CompressionRecord, ErrorRecord
 from harness.pipeline.stages import add_usage, chunks

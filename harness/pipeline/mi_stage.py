@@ -9,7 +9,8 @@ import numpy as np
 
 from harness.config import LM_BACKENDS, RunConfig
 from harness.mi import MIEstimate, bits_per_token, deterministic_mi_bits, estimate_mi, estimate_mi_groups
-from harness.pipeline.compress import CompKey, CompressOutput, compression_knob_hash, draws_per_context
+from harness.pipeline.compress import CompKey, CompressOutput
+from harness.pipeline.plan import compression_knob_hash, draws_per_context
 from harness.pipeline.sinks import Sink
 from harness.pipeline.stages import progress_bar
 from harness.records import Sample
