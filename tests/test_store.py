@@ -5,6 +5,7 @@ Start a local PostgreSQL with:  export HARNESS_TEST_PG_URL=$(bash scripts/start-
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -138,6 +139,8 @@ COUNTS = {
     "usage": 6,
     "mi_estimates": 1,
     "errors": 1,
+    "compression_terms": 0,
+    "trace_steps": 0,
 }
 
 
@@ -146,7 +149,7 @@ COUNTS = {
 
 def test_schema_created_with_version(url):
     with Store.open(url) as st:
-        assert st.schema_version() == SCHEMA_VERSION == 3
+        assert st.schema_version() == SCHEMA_VERSION == 4
         assert all(st.count(t) == 0 for t in TABLES)
         cols, rows = st.query(f"SELECT * FROM {VIEW_NAME}")
         assert "compressor" in cols and rows == []
@@ -450,9 +453,51 @@ def test_v2_store_migrates_to_leases(url):
             st._db.execute("DELETE FROM schema_version")
             st._db.execute("INSERT INTO schema_version (version, applied_at) VALUES (2, 'x')")
     with Store.open(url) as st:
-        assert st.schema_version() == SCHEMA_VERSION == 3
+        assert st.schema_version() == SCHEMA_VERSION == 4
         with _leases(st) as a:
             assert a.claim("compress", "u1") == "claimed"
+
+
+def test_v3_store_migrates_to_prompts_terms_and_traces(url):
+    """A version-3 store (no prompt columns, no compression_terms or trace_steps) is upgraded with its rows kept."""
+    with Store.open(url) as st:
+        st.start_run(run_id="r", package_versions={})
+        mid = st.model_id(COMP)
+        cid = st.add_compression(compressor_model_id=mid, task="t", sample_id="s", knob_hash="k", text="z")
+        with st._db.transaction():
+            for t in ("compression_terms", "trace_steps"):
+                st._db.execute(f"DROP TABLE {t}")
+            if st.dialect == "postgresql":  # SQLite before 3.35 cannot drop columns; a v3 store lacks them
+                st._db.execute("ALTER TABLE compressions DROP COLUMN prompt_json")
+            st._db.execute("DELETE FROM schema_version")
+            st._db.execute("INSERT INTO schema_version (version, applied_at) VALUES (3, 'x')")
+    with Store.open(url) as st:
+        assert st.schema_version() == SCHEMA_VERSION == 4
+        assert st.rows("compressions")[0]["text"] == "z" and "prompt_json" in st._db.columns("compressions")
+        st.add_compression_terms(cid, {"ib_x": 1.5, "ib_y": -0.25})
+        st.add_compression_terms(cid, {"ib_x": 9.0})  # a known term is kept
+        assert st.compression_terms(cid) == {"ib_x": 1.5, "ib_y": -0.25}
+
+
+def test_prompts_and_trace_steps_round_trip(url):
+    with Store.open(url) as st:
+        st.start_run(run_id="r", package_versions={})
+        mid = st.model_id(COMP)
+        from harness.store.redact import register_secret
+
+        register_secret("registered-secret-4711")  # an API key the process sends never reaches the store
+        prompt = [{"role": "user", "content": "read this, key registered-secret-4711"}]
+        cid = st.add_compression(compressor_model_id=mid, task="t", sample_id="s", knob_hash="k", text="z",
+                                 prompt=prompt)
+        stored = json.loads(st.rows("compressions", compression_id=cid)[0]["prompt_json"])
+        assert stored[0]["role"] == "user" and "registered-secret-4711" not in stored[0]["content"]
+        st.upsert_cell(cell_id="c", run_id="r", task="t", predictor_model_id=mid, arm="compressor-predictor")
+        st.add_trace_step(cell_id="c", sample_id="s", step=1, kind="search", payload={"ids": ["d2"]}, round=0)
+        st.add_trace_step(cell_id="c", sample_id="s", step=0, kind="plan", payload={"q": ["a"]}, error="bad json")
+        st.add_trace_step(cell_id="c", sample_id="s", step=0, kind="plan", payload={"q": ["b"]})  # replaces error
+        steps = st.trace("c", "s")
+        assert [s["kind"] for s in steps] == ["plan", "search"] and steps[0]["payload"] == {"q": ["b"]}
+        assert steps[0]["error"] is None and steps[1]["payload"]["ids"] == ["d2"]
 
 
 def test_lease_claim_is_exclusive_and_done_is_seen(url):

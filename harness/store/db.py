@@ -166,6 +166,11 @@ class Db:
         row = self.one("SELECT to_regclass(?)", (name,))
         return row is not None and row[0] is not None
 
+    def columns(self, table: str) -> list[str]:
+        """The column names of a table."""
+        cols, _ = self.all(f"SELECT * FROM {table} WHERE 1 = 0")
+        return cols
+
     def close(self) -> None:
         self.conn.close()
 

@@ -1,4 +1,4 @@
-"""The results-store schema (version 3), written once and rendered for SQLite and PostgreSQL.
+"""The results-store schema (version 4), written once and rendered for SQLite and PostgreSQL.
 
 Column types are logical ("pk", "text", "int", "float", "bool", "json", "ts"); `ddl()` maps them per dialect.
 JSON columns hold JSON text (`*_json`), timestamps hold ISO-8601 UTC text, so both backends read back alike.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 STAGES = ("compress", "predict", "score")
 CELL_STATUSES = ("pending", "running", "done", "failed", "skipped")
@@ -159,6 +159,8 @@ TABLES: dict[str, Table] = {
                 Col("params_json", "json"),
                 Col("error", "text"),
                 _NOW,
+                # v4: the rendered prompt the model read (chat messages or text), for the viewer and rescoring
+                Col("prompt_json", "json"),
             ),
             key=("compressor_model_id", "task", "sample_id", "knob_hash", "sample_index", "seed"),
         ),
@@ -176,6 +178,7 @@ TABLES: dict[str, Table] = {
                 Col("truncated", "bool", True, "FALSE"),
                 Col("error", "text"),
                 _NOW,
+                Col("prompt_json", "json"),  # v4: the rendered prompt the predictor read
             ),
             # compression_id is NULL for arms without a compression; COALESCE makes NULLs collide in the key
             key=("cell_id", "sample_id", "COALESCE(compression_id, 0)", "arm"),
@@ -257,6 +260,48 @@ TABLES: dict[str, Table] = {
                 _NOW,
             ),
             key=("run_id", "stage", "ref_kind", "ref_id", "sample_id", "message_hash"),
+        ),
+        # v4: named per-compression quantities measured by a scorer LM: IB terms of a filter's compression
+        # ("ib_x" = I(X~;X|Q) term, "ib_y" = I(X~;Y|Q) term, "ib_objective"), a pointwise MI term ("pmi"), …
+        Table(
+            "compression_terms",
+            (
+                Col("term_id", "pk"),
+                Col("compression_id", "int", True, ref="compressions(compression_id)"),
+                Col("scorer_model_id", "int", ref="models(model_id)"),
+                Col("name", "text", True),
+                Col("value", "float"),
+                Col("detail_json", "json"),
+                Col("run_id", "text"),
+                _NOW,
+            ),
+            key=("compression_id", "COALESCE(scorer_model_id, 0)", "name"),
+        ),
+        # v4: agentic (Deep-Research) traces: one row per step of one sample's episode in a cell, written as the
+        # step finishes (kill -9 resumes at the first missing step). kind: plan, search, compress, answer, …
+        Table(
+            "trace_steps",
+            (
+                Col("step_id", "pk"),
+                Col("cell_id", "text", True, ref="cells(cell_id)"),
+                Col("sample_id", "text", True),
+                Col("step", "int", True),
+                Col("round", "int", True, "0"),
+                Col("kind", "text", True),
+                Col("role", "text", True, "''"),
+                Col("model_id", "int", ref="models(model_id)"),
+                Col("payload_json", "json", True, "'{}'"),
+                Col("prompt_tokens", "int", True, "0"),
+                Col("completion_tokens", "int", True, "0"),
+                Col("seconds", "float", True, "0"),
+                Col("flops", "float"),
+                Col("dollars", "float"),
+                Col("error", "text"),
+                Col("run_id", "text"),
+                _NOW,
+            ),
+            key=("cell_id", "sample_id", "step"),
+            indexes=(("cell_id", "sample_id"),),
         ),
     )
 }

@@ -64,8 +64,18 @@ def _v2_to_v3(db: Db) -> None:
         db.execute(stmt)
 
 
+def _v3_to_v4(db: Db) -> None:
+    """Stored prompts (compressions, predictions), per-compression terms (IB, pointwise MI) and agent traces."""
+    for table in ("compressions", "predictions"):
+        if "prompt_json" not in db.columns(table):
+            db.execute(f"ALTER TABLE {table} ADD COLUMN prompt_json TEXT")
+    for name in ("compression_terms", "trace_steps"):
+        for stmt in table_ddl(TABLES[name], db.dialect):
+            db.execute(stmt)
+
+
 # Migrations: MIGRATIONS[v](db) upgrades a store from version v to v + 1 (runs inside a transaction).
-MIGRATIONS: dict[int, Callable[[Db], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
+MIGRATIONS: dict[int, Callable[[Db], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 #: PostgreSQL advisory lock held while a store's schema is created or migrated (concurrent DDL would collide)
 _SCHEMA_LOCK = 0x6861726E
@@ -503,6 +513,7 @@ class Store:
         usage: Usage | None = None,
         flops: float | None = None,
         dollars: float | None = None,
+        prompt: Any = None,
     ) -> int:
         """Store compression j (`sample_index`) of a sample; returns its id (the existing one if the key is known).
 
@@ -532,6 +543,7 @@ class Store:
             "params_json": _json(dict(params)) if params is not None else None,
             "error": redact_text(error),  # defensive: backends already hide keys in error text
             "created_at": now(),
+            "prompt_json": _json(redact(prompt)) if prompt is not None else None,
         }
         with self._db.transaction():
             cid, written = self._get_or_insert("compressions", key, values, replace_errored=True)
@@ -596,6 +608,7 @@ class Store:
         usage: Usage | None = None,
         flops: float | None = None,
         dollars: float | None = None,
+        prompt: Any = None,
     ) -> int:
         """Store a prediction; returns its id (the existing one if [cell, sample, compression, arm] is known).
 
@@ -611,6 +624,7 @@ class Store:
             "truncated": bool(truncated),
             "error": redact_text(error),  # defensive: backends already hide keys in error text
             "created_at": now(),
+            "prompt_json": _json(redact(prompt)) if prompt is not None else None,
         }
         with self._db.transaction():
             pid, written = self._get_or_insert("predictions", key, values, replace_errored=True)
@@ -797,3 +811,80 @@ class Store:
         }
         eid, _ = self._get_or_insert("errors", key, {"message": message, "created_at": now()})
         return eid
+
+    def add_compression_terms(
+        self,
+        compression_id: int,
+        terms: Mapping[str, float | None],
+        *,
+        scorer_model_id: int | None = None,
+        detail: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+    ) -> list[int]:
+        """Store named quantities of one compression (IB terms, a pointwise MI term, …); a known name is kept.
+
+        Key: [compression_id, scorer_model_id, name]. Returns the row ids in the order of `terms`.
+        """
+        ids = []
+        with self._db.transaction():
+            for name, value in terms.items():
+                key = {"compression_id": int(compression_id), "scorer_model_id": scorer_model_id, "name": name}
+                values = {
+                    "value": _float(value),
+                    "detail_json": _json(dict(detail)) if detail is not None else None,
+                    "run_id": run_id,
+                    "created_at": now(),
+                }
+                ids.append(self._get_or_insert("compression_terms", key, values)[0])
+        return ids
+
+    def compression_terms(self, compression_id: int) -> dict[str, float | None]:
+        """name → value of every term stored for a compression (any scorer)."""
+        return {r["name"]: r["value"] for r in self.rows("compression_terms", compression_id=int(compression_id))}
+
+    def add_trace_step(
+        self,
+        *,
+        cell_id: str,
+        sample_id: str,
+        step: int,
+        kind: str,
+        payload: Mapping[str, Any],
+        round: int = 0,
+        role: str = "",
+        model_id: int | None = None,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        seconds: float = 0.0,
+        flops: float | None = None,
+        dollars: float | None = None,
+        error: str | None = None,
+        run_id: str | None = None,
+    ) -> int:
+        """Store step `step` of a sample's agent episode in a cell; returns its id (a known step is kept, unless it
+        had an error and this one has none)."""
+        key = {"cell_id": cell_id, "sample_id": sample_id, "step": int(step)}
+        values = {
+            "round": int(round),
+            "kind": kind,
+            "role": role,
+            "model_id": model_id,
+            "payload_json": _json(redact(dict(payload))) or "{}",
+            "prompt_tokens": int(prompt_tokens),
+            "completion_tokens": int(completion_tokens),
+            "seconds": float(seconds),
+            "flops": _float(flops),
+            "dollars": _float(dollars),
+            "error": redact_text(error),
+            "run_id": run_id,
+            "created_at": now(),
+        }
+        sid, _ = self._get_or_insert("trace_steps", key, values, replace_errored=True)
+        return sid
+
+    def trace(self, cell_id: str, sample_id: str) -> list[dict[str, Any]]:
+        """The stored steps of one sample's episode in a cell, in step order, payloads parsed."""
+        rows = sorted(self.rows("trace_steps", cell_id=cell_id, sample_id=sample_id), key=lambda r: r["step"])
+        for r in rows:
+            r["payload"] = json.loads(r.pop("payload_json") or "{}")
+        return rows
