@@ -45,18 +45,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, _parse_set(args.set))
     if cfg.sweep is not None:
         raise UserError(f"{args.config} has a 'sweep' section; run it with `harness sweep {args.config}`")
-    if cfg.research is not None:  # Deep-Research mode (harness.research)
-        from harness.research.run import run_research
-
-        rs = run_research(cfg, quiet=args.quiet)
-        print(f"# {rs['name']}: research, task {rs['task']}, {rs['n_samples']} samples, {rs['wall_seconds']:.0f} s, "
-              f"model loads {rs['model_loads']}, model calls {rs['model_calls']}, episodes {rs['episodes']} "
-              f"(skipped as done {rs['skipped']}, steps reused {rs['reused_steps']})")
-        print(rs["table"], end="")
-        print(f"results: {rs['run_dir']}")
-        if rs["rows"] and all(not r["scored"] and r["errors"] for r in rs["rows"]):
-            return _nothing_succeeded("every research episode failed", None)
-        return 0
     summary = run(cfg, quiet=args.quiet)
     print(
         f"# {summary['name']}: task {summary['task']}, {summary['n_samples']} samples, "
@@ -111,13 +99,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_models_list(args: argparse.Namespace) -> int:
     from harness.backends import packs
-    from harness.console import print_table
 
     rows = packs.list_packs()
-    yes = {True: "yes", False: "no"}
-    print_table(["alias", "params", "MB", "instruct", "present", "safetensors", "path"],
-                [[r["alias"], r["params"], r["size_mb"], str(r["instruct"]), yes[bool(r["present"])],
-                  yes[bool(r["safetensors"])], r["path"]] for r in rows], numeric=("params", "MB"), no_wrap=("alias",))
+    print(f"{'alias':<20} {'params':>6} {'MB':>6} {'instruct':>8} {'present':>8} {'safetensors':>11}  path")
+    for r in rows:
+        print(
+            f"{r['alias']:<20} {r['params']:>6} {r['size_mb']:>6} {r['instruct']!s:>8} "
+            f"{'yes' if r['present'] else 'no':>8} {'yes' if r['safetensors'] else 'no':>11}  {r['path']}"
+        )
     print(f"cache: {packs.cache_dir()}  (set HARNESS_CACHE to move it)")
     return 0
 
@@ -184,74 +173,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     check_store_url(args.store, "store", must_exist=True, write=False)
 
-    from harness.console import table_text
-
-    c = compare_cells(args.store, args.cell_a, args.cell_b, metric=args.metric)
-    print(format_comparison(c, table=lambda h, rows: table_text(h, rows, numeric=h[1:])))
-    if args.show:
-        from harness.analyze.compare import format_discordant
-
-        print()
-        print(format_discordant(c, args.show, seed=args.seed))
-    return 0
-
-
-def cmd_cells(args: argparse.Namespace) -> int:
-    from harness.analyze.cells import cells_table
-    from harness.analyze.frames import load_cells
-    from harness.console import print_table
-    from harness.preflight import check_store_url
-
-    check_store_url(args.store, "store", must_exist=True, write=False)
-    cells = load_cells(args.store, run_id=args.run, metric=args.metric)
-    if cells.empty:
-        print("no cells" + (f" in run {args.run}" if args.run else ""))
-        return 0
-    headers, rows = cells_table(cells)
-    if args.ids:  # one full cell id a line, for scripts
-        print("\n".join(r[-1] for r in rows))
-        return 0
-    print_table(headers, rows, numeric=("n", "errors", "MI bits"), no_wrap=("id",))
-    print(f"{len(rows)} cells; any command that takes a cell accepts its id, a unique prefix of it, or the short id")
-    return 0
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from harness.preflight import check_store_url
-    from harness.results import export
-
-    check_store_url(args.store, "store", must_exist=True, write=False)
-    out = Path(args.out) if args.out else Path("results") / f"export-{Path(str(args.store)).stem or 'store'}"
-    paths = export(args.store, out, fmt=args.format)
-    print(f"exported {len(paths)} tables as {args.format} to {out}")
-    return 0
-
-
-def cmd_rescore(args: argparse.Namespace) -> int:
-    from harness.analyze.cells import short_ids
-    from harness.analyze.rescore import rescore, rescore_table
-    from harness.console import print_table
-    from harness.preflight import check_store_url
-
-    check_store_url(args.store, "store", must_exist=True, write=not args.dry_run)
-    r = rescore(args.store, args.metric, store_as=args.store_as, cells=args.cell, dry_run=args.dry_run)
-    headers, rows = rescore_table(r, short_ids(c.cell_id for c in r.cells))
-    print_table(headers, rows, numeric=headers[3:-1], no_wrap=("id",))
-    new, differ = r.total("new"), r.total("differ")
-    w2r, r2w = r.total("wrong_to_right"), r.total("right_to_wrong")
-    verb = "would add" if args.dry_run else "added"
-    print(f"metric {r.metric}: {verb} {new} score rows; {r.total('unchanged')} unchanged; flips against the counted "
-          f"verdicts: {w2r} wrong→right, {r2w} right→wrong")
-    if differ:
-        print(f"note: {differ} stored scores under the same name differ from the rescore and were kept (never "
-              "overwritten); store the rescore beside them with --as NAME")
-    if r.counted_change:
-        short = short_ids(c.cell_id for c in r.cells)
-        moved = ", ".join(f"{short[c]} ({was} → {now})" for c, (was, now) in r.counted_change.items())
-        print(f"note: the counted metric (the judge's, else the first by name) changed in {moved}; choose it with "
-              "--metric in `harness cells` and `harness compare`")
+    print(format_comparison(compare_cells(args.store, args.cell_a, args.cell_b)))
     return 0
 
 
@@ -338,6 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("cell_a")
     cp.add_argument("cell_b")
     cp.set_defaults(fn=cmd_compare)
+    vw = sub.add_parser("view", help="read-only web viewer of a results store on 127.0.0.1",
+                        description="Serve a read-only viewer of STORE (grid, cells, samples, comparisons, plots) on "
+                        "127.0.0.1. Example: harness view results/sweep-small.db --port 8765 --no-browser")
+    vw.add_argument("store", help="results store: a SQLite file or a postgresql:// URL")
+    vw.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port; default 8765)")
+    vw.add_argument("--report", default=None, metavar="DIR", help="folder of the report's plots "
+                    "(default results/report-<store name> when present)")
+    vw.add_argument("--no-browser", action="store_true", help="only print the URL")
+    vw.set_defaults(fn=cmd_view)
     tk = sub.add_parser("tasks", help="the built-in tasks")
     tksub = tk.add_subparsers(dest="tcmd", required=True)
     tksub.add_parser("list", help="every task with its options, defaults and what each does").set_defaults(
