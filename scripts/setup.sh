@@ -4,6 +4,7 @@
 #   HARNESS_CACHE  where packs are cached (default ~/.cache/harness)
 #   WITH_SERVER=1  also build llama-cpp-python's server (for the OpenAI-backend tests)
 #   PACKS="..."    which packs to fetch (default: smollm2-135m qwen2.5-coder-0.5b)
+#   WITH_BROWSER=1 also install Debian's chromium (for the viewer's browser tests; needs root for apt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -17,7 +18,11 @@ if ! python -c "import torch" 2>/dev/null; then
     python -m pip install -q "torch==2.13.0"  # CPU build
   fi
 fi
-python -m pip install -q -e ".[dev,postgres,rag]"
+python -m pip install -q -e ".[dev,postgres,rag,view]"
+if [ "${WITH_BROWSER:-0}" = "1" ] && [ ! -x /usr/bin/chromium ]; then
+  # Playwright drives this chromium (browsers are not downloaded)
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+fi
 if [ "${WITH_SERVER:-0}" = "1" ]; then
   # rebuilt when missing or when this CPU's flags differ from the build's (a build for another
   # CPU can die with "Illegal instruction")
