@@ -206,3 +206,108 @@ def test_ib_terms_and_oracle_on_smollm2(multidoc: list[Sample], smollm2, tok) ->
                                                logp_y_xt_q=tuple(chosen["logp_y_xt_q"]),
                                                logp_y_q=tuple(chosen["logp_y_q"])))
     assert row["ib_score"] == pytest.approx(chosen["ib_score"]) and row["support_recall"] == 1.0
+
+
+# ---- IB terms carried by every filter compression and stored; the learned filter ----
+
+def test_learned_pure_pieces() -> None:
+    import numpy as np
+
+    from harness.compressors.learned import (
+        FEATURES,
+        fit_logistic,
+        kept_labels,
+        predict_keep,
+        predict_proba,
+        sentence_features,
+    )
+
+    x = sentence_features("When was Pinecrest founded?", ["Pinecrest was founded in 1900.", "A town."],
+                          [2.0, 0.5], [7, 3], [0, 1], [0, 4])
+    assert x.shape == (2, len(FEATURES)) and x[0, 1] == 1.0 and x[1, 1] == 0.25  # score over the best
+    assert x[0, 3] == pytest.approx(2 / 3) and x[1, 3] == 0.0  # pinecrest, founded of {when?, pinecrest, founded}
+    assert x[0, 5] == 1.0 and x[1, 5] == 0.0 and x[1, 6] == 0.5 and x[1, 7] == 0.2
+    assert kept_labels(["A b.", "C d.", "E."], "A  b. E.").tolist() == [1, 0, 1]
+    assert kept_labels(["A b."], "").tolist() == [0]  # abstain keeps nothing
+    assert predict_keep(np.array([0.2, 0.9, 0.6, 0.9]), 0.5, 2) == [1, 3]  # best first, ties earlier, context order
+    assert predict_keep(np.array([0.2, 0.4]), 0.5, 3) == []  # none above the threshold: abstain
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(80, 3))
+    y = (feats[:, 0] > 0).astype(int)
+    m1, m2 = fit_logistic(feats, y, seed=0), fit_logistic(feats, y, seed=0)
+    assert m1 == m2  # seeded and deterministic
+    assert ((predict_proba(m1, feats) >= 0.5) == y).mean() > 0.95
+    const = fit_logistic(feats, np.zeros(80, dtype=int), seed=0)  # the oracle always abstained
+    assert (predict_proba(const, feats) < 0.01).all()
+
+
+def test_ib_learned_options() -> None:
+    with pytest.raises(UserError, match="train_ids"):
+        filter_options("ib-learned", {})
+    with pytest.raises(UserError, match="threshold"):
+        filter_options("ib-learned", {"train_ids": ["a"], "threshold": 2})
+    assert filter_options("ib-learned", {"train_ids": ["a"]})["max_sentences"] == 4
+
+
+def test_ib_learned_trains_on_a_tiny_split(multidoc: list[Sample], smollm2, tok, tmp_path, monkeypatch) -> None:
+    """Real smollm2 float32 labels 3 training samples with the ib-oracle; the regression is cached by the scorer and
+    training data, and a second filter on the same data loads it instead of scoring again."""
+    from harness.backends.base import STATS
+    from harness.compressors.learned import artefact_dir
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    train, test = multidoc[:3], multidoc[3]
+    opts = {"train_ids": [s.id for s in train], "budgets": [1, 2], "max_single": 3, "threshold": 0.5}
+    ib = IBScorer(smollm2, tokenizer=tok)
+    comp = FilterCompressor("filter/ib-learned", opts, tokenizer=tok, ib=ib, train=train)
+    [gen] = _run(comp, [test])
+    assert not gen.error
+    model = comp.learner.model
+    files = list(artefact_dir().glob("*.json"))
+    assert len(files) == 1 and files[0].stem == comp.learner.key
+    assert model["n_samples"] == 3 and model["n_sentences"] > 10 and model["train_seconds"] > 0
+    assert 0 <= model["train_sentence_agreement"] <= 1
+    kept = [u.text for u in sentences(test) if u.text in gen.text]
+    assert len(kept) <= 4 and (gen.text == "" or " ".join(kept) == gen.text)  # whole sentences, or abstain
+    assert gen.terms is not None and gen.terms["abstain"] == float(gen.text == "")  # its own IB terms, scored
+    n0 = STATS["score_requests"]
+    again = FilterCompressor("filter/ib-learned", opts, tokenizer=tok, ib=ib, train=train)
+    assert again.learner.fit() == model and STATS["score_requests"] == n0  # the cached artefact: no scoring
+    assert again.identity() == comp.identity()
+    other = FilterCompressor("filter/ib-learned", {**opts, "train_ids": [train[0].id]}, tokenizer=tok, ib=ib,
+                             train=train[:1])
+    assert other.identity() != comp.identity()  # another training set is another filter
+
+
+def test_filter_ib_terms_stored_after_a_real_run(tmp_path) -> None:
+    """A tiny real `harness run` (smollm2 predictor and float32 scorer) stores every extractive compression's IB
+    terms in compression_terms, with the scorer's model id; the report shows their per-filter means."""
+    need_pack("smollm2-135m")
+    from harness.analyze.report import build_report
+    from harness.pipeline.run import run
+    from harness.store import Store
+
+    store = tmp_path / "s.db"
+    cfg = parse_config({
+        "name": "ibterms", "task": {"name": "synthetic-multidoc", "size": 2, "options": {"n_distractors": 2}},
+        "models": {"compressor": {"model": "filter/extractive", "options": {"sentences": 2},
+                                  "tokenizer": "gguf/smollm2-135m"},
+                   "predictor": {"model": "gguf/smollm2-135m", "dtype": "float32"},
+                   "scorer": {"model": "gguf/smollm2-135m", "dtype": "float32"}},
+        "generation": {"predictor": {"max_new_tokens": 8}},
+        "output": {"dir": str(tmp_path / "run"), "store": str(store)}})
+    run(cfg, quiet=True)
+    st = Store.open(str(store))
+    comps = st.rows("compressions")
+    assert len(comps) == 2
+    for c in comps:
+        t = st.compression_terms(c["compression_id"])
+        assert {"conciseness_bits", "correctness_bits", "ib_score", "compression_rate", "abstain"} <= set(t)
+        assert t["ib_score"] == pytest.approx(t["conciseness_bits"] - 10 * t["correctness_bits"])
+        assert 0 < t["compression_rate"] < 1 and t["abstain"] == 0.0
+    rows = st.rows("compression_terms")
+    assert {r["scorer_model_id"] for r in rows} != {None}
+    st.close()
+    rep = build_report(store, tmp_path / "report")
+    text = rep.path.read_text()
+    assert "## IB terms per filter" in text and "extractive" in text

@@ -42,6 +42,7 @@ from harness.analyze.render import (
     rd_plot,
     slug,
 )
+from harness.analyze.tune import filter_section
 from harness.errors import UserError
 
 
@@ -103,6 +104,7 @@ def build_report(
     L += _models_section(cells, infos)
     L += _cells_section(cells, choice)
     L += _mi_section(frames, cells, infos)
+    L += filter_section(frames, cells, folder, rep.plots, run_id)  # RAG filters: IB terms, Pareto plot (issue #13)
     if cells.empty:
         L += ["## Analysis", "", "No cells in the store: nothing to analyse.", ""]
     else:

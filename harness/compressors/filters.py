@@ -34,13 +34,23 @@ from typing import Any
 import numpy as np
 
 from harness.compressors.base import CompressInput, text_compression
+from harness.compressors.ib import BETA
 from harness.errors import UserError
 from harness.records import Generation, GenParams, ModelIdentity, Sample, stable_hash
 
-KINDS = ("full", "truncate", "extractive", "ib-oracle")
+KINDS = ("full", "truncate", "extractive", "ib-oracle", "ib-learned")
 #: bumped when a filter's output for the same sample and options changes (part of its identity)
 FILTER_VERSION = 1
 _SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+@dataclass
+class FilterGeneration(Generation):
+    """A filter's compression with its IB terms (`FilterCompressor.terms_of`) and the scorer that gave them, so the
+    compress stage stores them (`harness.compressors.ib.store_terms`)."""
+
+    terms: dict[str, float | None] | None = None
+    scorer_identity: ModelIdentity | None = None
 
 
 @dataclass(frozen=True)
@@ -112,11 +122,14 @@ def join(units: list[Unit], picked: list[int], order: str = "original") -> str:
 
 
 _OPTIONS: dict[str, dict[str, Any]] = {
-    "full": {},
-    "truncate": {"tokens": None},
-    "extractive": {"by": "bm25", "sentences": None, "tokens": None, "order": "original", "embedder": "minilm-l6"},
+    "full": {"ib_terms": True},
+    "truncate": {"tokens": None, "ib_terms": True},
+    "extractive": {"by": "bm25", "sentences": None, "tokens": None, "order": "original", "embedder": "minilm-l6",
+                   "ib_terms": True},
     "ib-oracle": {"beta": 10.0, "budgets": [1, 2, 4], "max_single": 8, "by": "bm25", "embedder": "minilm-l6",
                   "abstractive": None},
+    "ib-learned": {"beta": 10.0, "budgets": [1, 2, 4], "max_single": 8, "by": "bm25", "embedder": "minilm-l6",
+                   "train_ids": None, "threshold": 0.5, "max_sentences": 4, "seed": 0},
 }
 
 
@@ -150,14 +163,24 @@ def filter_options(kind: str, options: dict[str, Any], field: str = "models.comp
             raise UserError(f"{field}.options: filter/extractive needs a budget; set sentences: N or tokens: N")
         if o["order"] not in ("original", "score"):
             raise UserError(f"{field}.options.order: '{o['order']}'; use original or score")
-    if kind == "ib-oracle":
+    if kind == "ib-learned":
+        ids = o["train_ids"]
+        if not isinstance(ids, list) or not ids or not all(isinstance(x, str) for x in ids):
+            raise UserError(f"{field}.options.train_ids: filter/ib-learned trains on the ib-oracle's choices for these "
+                            f"sample ids of the task (harness tune-filter sets them to the dev split); got {ids!r}")
+        t = o["threshold"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1:
+            raise UserError(f"{field}.options.threshold: a probability in [0, 1]; got {t!r}")
+        need_int("max_sentences", 1, required=True)
+        need_int("seed", 0, required=True)
+    if kind in ("ib-oracle", "ib-learned"):
         need_int("max_single", 0)
         b = o["budgets"]
         if not isinstance(b, list) or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in b):
             raise UserError(f"{field}.options.budgets: a list of sentence counts >= 1, e.g. [1, 2, 4]; got {b!r}")
         if isinstance(o["beta"], bool) or not isinstance(o["beta"], (int, float)) or o["beta"] < 0:
             raise UserError(f"{field}.options.beta: a number >= 0; got {o['beta']!r}")
-        a = o["abstractive"]
+        a = o.get("abstractive")
         if a is not None and (not isinstance(a, str) or a.partition("/")[0] not in ("hf", "gguf", "openai", "vllm")):
             raise UserError(f"{field}.options.abstractive: an LM compressor spec such as gguf/smollm2-135m; got {a!r}")
     return o
@@ -169,21 +192,28 @@ class FilterCompressor:
     deterministic = True
 
     def __init__(self, spec: str, options: dict[str, Any] | None = None, *, tokenizer: Any = None, ib: Any = None,
-                 abstractive: Any = None, field: str = "models.compressor"):
+                 abstractive: Any = None, train: list[Sample] | None = None, field: str = "models.compressor"):
         self.spec = spec
         self.kind = spec.partition("/")[2]
         self.options = filter_options(self.kind, dict(options or {}), field)
         self.tokenizer = tokenizer  # a local backend: counts tokens, truncates
         self.ib = ib  # harness.compressors.ib.IBScorer: filter/ib-oracle only
         self.abstractive = abstractive  # an LMCompressor whose greedy summary is one more ib-oracle candidate
-        if self.kind == "ib-oracle" and ib is None:
+        if self.kind.startswith("ib-") and ib is None:
             raise UserError(f"{field}.model: filter/ib-oracle scores candidates with an LM; set models.scorer")
-        parts = [self.kind, self.options, FILTER_VERSION]
+        # ib_terms only says whether the IB terms are scored: the text is the same, so is the identity
+        parts = [self.kind, {k: v for k, v in self.options.items() if k != "ib_terms"}, FILTER_VERSION]
         parts.append(tokenizer.identity().key() if tokenizer is not None else "")
-        if ib is not None:
+        if ib is not None and self.kind.startswith("ib-"):  # the IB scorer decides what these keep
             parts.append(ib.key())
         if abstractive is not None:
             parts.append([abstractive.identity().key(), repr(abstractive.prompt), repr(abstractive.greedy)])
+        self.learner = None
+        if self.kind == "ib-learned":
+            from harness.compressors.learned import LearnedFilter
+
+            self.learner = LearnedFilter(self, list(train or []))
+            parts.append(self.learner.key)  # the training data and the scorer that labelled it
         self._identity = ModelIdentity("filter", self.kind, stable_hash(parts)[:16], "", "")
         #: per compression, what the filter decided (the ib-oracle's candidates and terms), keyed by sample id
         self.details: dict[str, dict[str, Any]] = {}
@@ -217,7 +247,7 @@ class FilterCompressor:
         cands += [(f"single:{units[i].doc_id}#{units[i].index}", units[i].text)
                   for i in order[: self.options["max_single"]]]
         cands += [(f"extractive:{b}", join(units, order[:b])) for b in self.options["budgets"]]
-        if self.abstractive is not None:
+        if self.kind == "ib-oracle" and self.abstractive is not None:
             inp, err = self.abstractive.prepare(sample, "truncate")
             gen = self.abstractive.compress([(inp, self.abstractive.greedy)])[0] if inp is not None else None
             if gen is None or gen.error:
@@ -242,17 +272,61 @@ class FilterCompressor:
             lengths = [self._tokens(u.text) for u in units] if self.options["tokens"] is not None else [0] * len(units)
             picked = select_budget(order, lengths, sentences=self.options["sentences"], tokens=self.options["tokens"])
             return join(units, picked, self.options["order"])
+        if self.kind == "ib-learned":
+            return self.learner.text(sample)  # type: ignore[union-attr]
+        _, text, detail = self.oracle_choice(sample)
+        self.details[sample.id] = detail
+        return text
+
+    def oracle_choice(self, sample: Sample) -> tuple[str, str, dict[str, Any]]:
+        """The ib-oracle's pick for `sample` (uses the gold answer): (candidate name, text, every candidate's
+        terms and the choice)."""
         from harness.compressors.ib import select_ib
 
         cands = self.candidates(sample)
-        terms = self.ib.terms(sample, [t for _, t in cands], retrieved_tokens=self._tokens(ctx))
+        terms = self.ib.terms(sample, [t for _, t in cands], retrieved_tokens=self._tokens(sample.context))
         best = select_ib(terms, self.options["beta"])
-        self.details[sample.id] = {"chosen": cands[best][0], "candidates": [
+        detail = {"chosen": cands[best][0], "candidates": [
             {"name": n, **t.to_json(self.options["beta"])} for (n, _), t in zip(cands, terms, strict=True)]}
-        return cands[best][1]
+        return cands[best][0], cands[best][1], detail
 
     def _one(self, inp: CompressInput) -> Generation:
-        return text_compression(self.spec, lambda: self.text(inp.sample), inp.context, self.count_tokens)
+        box: dict[str, Any] = {}
+
+        def make() -> str:
+            text = self.text(inp.sample)
+            box["terms"] = self.terms_of(inp.sample, text)  # a failed IB scoring makes an error row, never silence
+            return text
+
+        g = text_compression(self.spec, make, inp.context, self.count_tokens)
+        if g.error or box.get("terms") is None:
+            return g
+        return FilterGeneration(**vars(g), terms=box["terms"],
+                                scorer_identity=self.ib.backend.identity() if self.ib is not None else None)
+
+    def terms_of(self, sample: Sample, text: str) -> dict[str, float | None] | None:
+        """The IB terms of this filter's compression `text` of `sample` (conciseness, correctness, ib_score, beta,
+        compression rate, abstain, gold-support precision/recall), scored by the IB scorer; None without a scorer
+        or a gold answer. The ib-oracle and ib-learned reuse the terms they scored while choosing."""
+        if self.ib is None or not sample.answers:
+            return None
+        beta = float(self.options.get("beta", BETA))
+        d = self.details.get(sample.id, {})
+        chosen = next((c for c in d.get("candidates", []) if c["name"] == d.get("chosen")), None)
+        if chosen is None:
+            from harness.compressors.ib import compression_row
+
+            t = self.ib.terms(sample, [text], retrieved_tokens=self._tokens(sample.context))[0]
+            row = compression_row(sample, text, t, beta)
+        else:
+            from harness.retrieval.gold import gold_support
+
+            row = {**chosen, **gold_support(sample.meta, text)}
+        keys = ("conciseness_bits", "correctness_bits", "ib_score", "beta", "compression_rate", "tokens",
+                "retrieved_tokens", "support_precision", "support_recall")
+        out: dict[str, float | None] = {k: row.get(k) for k in keys if k in row}
+        out["abstain"] = float(text == "")
+        return out
 
     @property
     def scorer(self) -> Any:
@@ -286,11 +360,13 @@ def make_filter(cfg: Any, mc: Any, *, field: str = "models.compressor.model", ca
                         "e.g. tokenizer: gguf/smollm2-135m")
     tb = make_backend(ModelConfig(model=tok), field=f"{base}.tokenizer") if tok else None
     ib = None
-    if kind == "ib-oracle":
-        sc = cfg.models.scorer
-        if sc is None:
-            raise UserError(f"{field}: filter/ib-oracle scores its candidates with models.scorer; set one, "
-                            "e.g. scorer: {model: gguf/smollm2-135m, dtype: float32}")
+    sc = cfg.models.scorer
+    if kind.startswith("ib-") and sc is None:
+        raise UserError(f"{field}: filter/{kind} scores its candidates with models.scorer; set one, "
+                        "e.g. scorer: {model: gguf/smollm2-135m, dtype: float32}")
+    # every filter's compressions get their IB terms from models.scorer where one is set (option ib_terms: false
+    # turns that off for full/truncate/extractive)
+    if sc is not None and (kind.startswith("ib-") or mc.options.get("ib_terms", True)):
         if sc.dtype == "auto":
             sc = sc.model_copy(update={"dtype": "float32"})
         ib = IBScorer(make_backend(sc, field="models.scorer.model", cache=cache), cfg.prompts, tokenizer=tb)
@@ -302,4 +378,20 @@ def make_filter(cfg: Any, mc: Any, *, field: str = "models.compressor.model", ca
 
         be = make_backend(ModelConfig(model=spec), field=f"{base}.options.abstractive", cache=cache)
         lm = LMCompressor(spec, be, cfg.prompts.compressor, params_from(cfg.generation.compressor, cfg.seed))
-    return FilterCompressor(mc.model, mc.options, tokenizer=tb, ib=ib, abstractive=lm, field=base)
+    train = None
+    if kind == "ib-learned":
+        train = _training_samples(cfg, mc.options["train_ids"], f"{base}.options.train_ids", cache)
+    return FilterCompressor(mc.model, mc.options, tokenizer=tb, ib=ib, abstractive=lm, train=train, field=base)
+
+
+def _training_samples(cfg: Any, ids: list[str], field: str, cache: Any) -> list[Sample]:
+    """The config's task samples with these ids, retrieved as the run retrieves them (ib-learned's training set)."""
+    from harness.preflight import load_samples
+    from harness.retrieval import samples_for
+
+    by_id = {s.id: s for s in samples_for(cfg, load_samples(cfg.task), cache)}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise UserError(f"{field}: {len(missing)} id(s) are not samples of task '{cfg.task.name}' "
+                        f"(first: {missing[0]!r})")
+    return [by_id[i] for i in ids]

@@ -132,3 +132,14 @@ def compression_row(sample: Sample, text: str, terms: IBTerms, beta: float = BET
     from harness.retrieval.gold import gold_support
 
     return {"sample_id": sample.id, **terms.to_json(beta), **gold_support(sample.meta, text)}
+
+
+def store_terms(store: Any, compression_id: int | None, g: Any, run_id: str | None = None) -> None:
+    """Write a filter compression's IB terms (`FilterGeneration.terms`) to the store's compression_terms, keyed by
+    the scorer that gave them; nothing for a compression without terms (an LM's, or a filter with no scorer)."""
+    terms = getattr(g, "terms", None)
+    if not terms or compression_id is None:
+        return
+    ident = getattr(g, "scorer_identity", None)
+    mid = store.model_id(ident) if ident is not None else None
+    store.add_compression_terms(compression_id, terms, scorer_model_id=mid, run_id=run_id)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from harness.compressors.ib import store_terms
 from harness.pipeline.plan import GREEDY_INDEX
 from harness.pipeline.sinks import CompressionRecord, ErrorRecord, PredictionRecord, ScoreRecord, sample_json
 from harness.records import Generation, ModelIdentity, Sample, Usage
@@ -91,6 +92,7 @@ class Recorder:
             finish_reason=g.finish_reason, params={"kind": r.kind}, error=g.error, run_id=self.run_id,
             usage=g.usage, **self._cost("compressor", g.usage),
         )
+        store_terms(self.store, cid, g, self.run_id)  # issue #13: a filter compression's IB terms, if any
         self.comp_ids[(r.sample_id, r.kind, r.j)] = cid
 
     def prediction(self, r: PredictionRecord) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 from harness.backends.base import STATS
 from harness.backends.registry import make_backend
 from harness.compressors import CompressInput, Compressor, LMCompressor, make_compressor
+from harness.compressors.ib import store_terms
 from harness.config import LM_BACKENDS, ModelConfig, RunConfig
 from harness.cost import model_meta
 from harness.errors import UserError
@@ -277,7 +278,7 @@ class Sweep:
 
     def _store_compression(self, mid: int, meta: tuple[Any, ...], g: Generation | None, err: str | None) -> None:
         u, s, kind, j, seed, ctx_tokens, trunc = meta
-        self.store.add_compression(
+        cid = self.store.add_compression(
             compressor_model_id=mid, task=u.cfg.task.name, sample_id=s.id, knob_hash=u.knob_hash,
             text=g.text if g else "", sample_index=j, seed=seed, token_ids=g.token_ids if g else None,
             n_tokens=(len(g.token_ids) or g.usage.completion_tokens) if g and not err else None,
@@ -285,6 +286,7 @@ class Sweep:
             params={"kind": kind}, error=err, run_id=self.plan.run_id, usage=g.usage if g else None,
             **self._cost(u.compressor, g),
         )
+        store_terms(self.store, cid, g, self.plan.run_id)  # issue #13: a filter compression's IB terms, if any
         self.counts["compressions"] += 1
         _crash("compress", self.counts["compressions"])
 
