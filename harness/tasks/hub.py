@@ -363,11 +363,12 @@ def _fb_pages(task: str, i: int, rid: str, row: dict[str, Any]) -> list[tuple[st
     return [(d, p, full, ev) for (d, p), (full, ev) in pages.items()]
 
 
-@register_task("financebench", options=(*_COMMON, "subset", "context", "context_tokens", "single_evidence_only"))
+@register_task("financebench", options=(*_COMMON, "subset", "context", "context_tokens", "single_evidence_only",
+                                        "other_company_pages"))
 def financebench(size: int | None, seed: int, split: str | None, *, path: str | None = None,
                  hub_id: str | None = FINANCEBENCH_HUB_ID, hub_config: str | None = None,
                  subset: str = "all", context: str = "gold", context_tokens: int = 3000,
-                 single_evidence_only: bool = False) -> list[Sample]:
+                 single_evidence_only: bool = False, other_company_pages: int = 0) -> list[Sample]:
     """FinanceBench open-source sample (150 questions on 10-K/10-Q filings).
 
     Schema (`financebench_open_source.jsonl`, same columns on the hub `PatronusAI/financebench`):
@@ -381,11 +382,14 @@ def financebench(size: int | None, seed: int, split: str | None, *, path: str | 
     `context_tokens`; gold pages always kept) and shuffles document order. `subset`: numeric (answers that
     are one plain number, `answer_type="number"`), text (the rest, `answer_type="text"`,
     `meta["needs_judge"]`), or all (each typed as above). `single_evidence_only` keeps one-evidence questions.
+    `other_company_pages: N` adds N evidence pages of other companies' questions as distractors (seeded per
+    question, each only if it fits `context_tokens`, after the same-company ones; document order shuffled).
     """
     task = "financebench"
     subset = _choice("subset", subset, ("numeric", "all", "text"))
     context = _choice("context", context, ("gold", "full"))
     budget_chars = (_positive("context_tokens", context_tokens) or 0) * CHARS_PER_TOKEN
+    n_other = _positive("other_company_pages", other_company_pages, allow_zero=True) or 0
     if not path and hub_id == FINANCEBENCH_HUB_ID and FINANCEBENCH_FILE.is_file():
         path = str(FINANCEBENCH_FILE)
     rows = []
@@ -413,11 +417,18 @@ def financebench(size: int | None, seed: int, split: str | None, *, path: str | 
                          gold_spans=_find_spans(full, ev)) for d, p, full, ev in pages]
         docs = gold
         rng = _sub_seed(seed, rid)
+        pool: list[Document] = []
         if context == "full":
             gold_keys = {(d, p) for d, p, _, _ in pages}
             pool = [Document(id=f"{d}#{p}", title=f"{d} page {p}", text=full)
                     for d, p, full in by_company[str(row["company"])] if (d, p) not in gold_keys]
             rng.shuffle(pool)
+        if n_other:
+            others = [(d, p, full) for c, lst in sorted(by_company.items()) if c != str(row["company"])
+                      for d, p, full in lst]
+            pool += [Document(id=f"{d}#{p}", title=f"{d} page {p}", text=full)
+                     for d, p, full in rng.sample(others, min(n_other, len(others)))]
+        if pool:
             docs = _fit(gold, pool, budget_chars)
             rng.shuffle(docs)
         meta: dict[str, Any] = {
