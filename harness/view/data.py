@@ -25,6 +25,11 @@ from harness.errors import UserError
 from harness.store import Store
 from harness.store.redact import redact_url
 
+try:  # short ids and cell references shared with `harness cells` and every other command, where present
+    from harness.analyze import cells as cell_refs
+except ImportError:  # pragma: no cover - an older analysis layer: the viewer's own prefixes
+    cell_refs = None  # type: ignore[assignment]
+
 PLOT_SUFFIXES = (".png", ".svg")
 # the tables whose growth means the numbers may have changed (the cache key of the loaded frames)
 _FINGERPRINT_SQL = (
@@ -248,6 +253,8 @@ class StoreView:
         ids = list(self.load().cells["cell_id"])
         if ref in ids:
             return ref
+        if cell_refs is not None:
+            return cell_refs.resolve_cell(ref, ids, self.display_url)
         hits = [c for c, s in self.short_ids().items() if s == ref] or [c for c in ids if c.startswith(ref)]
         if len(hits) == 1:
             return hits[0]
@@ -259,6 +266,8 @@ class StoreView:
         """cell id → a short id: the id's last path part when that is unique and hash-like (a sweep's cells, e.g.
         "e6a567de"), else the id's shortest unique prefix of at least 8 characters."""
         ids = list(self.load().cells["cell_id"])
+        if cell_refs is not None:
+            return cell_refs.short_ids(ids)
         tails = [c.rsplit("/", 1)[-1] for c in ids]
         out = {}
         for c, t in zip(ids, tails, strict=True):
@@ -472,13 +481,15 @@ class StoreView:
 
         a, b = self.resolve_cell(a), self.resolve_cell(b)
         c = compare_cells(self.url, a, b)
-        ld = self.load()
-        sa, sb = self._cell_samples(ld, a), self._cell_samples(ld, b)
-        keep = ["sample_id", "status", "correct", "prediction", "parsed"]
-        sa = sa[sa["status"] == "ok"].reindex(columns=keep).drop_duplicates("sample_id")
-        sb = sb[sb["status"] == "ok"].reindex(columns=keep).drop_duplicates("sample_id")
-        m = sa.merge(sb, on="sample_id", suffixes=("_a", "_b"))
-        m = m[m["correct_a"].astype(bool) != m["correct_b"].astype(bool)]
+        m = getattr(c, "discordant", None)  # the comparison's own discordant pairs, where it lists them
+        if not isinstance(m, pd.DataFrame):
+            ld = self.load()
+            sa, sb = self._cell_samples(ld, a), self._cell_samples(ld, b)
+            keep = ["sample_id", "status", "correct", "prediction", "parsed"]
+            sa = sa[sa["status"] == "ok"].reindex(columns=keep).drop_duplicates("sample_id")
+            sb = sb[sb["status"] == "ok"].reindex(columns=keep).drop_duplicates("sample_id")
+            m = sa.merge(sb, on="sample_id", suffixes=("_a", "_b"))
+            m = m[m["correct_a"].astype(bool) != m["correct_b"].astype(bool)]
         disc = [{k: _py(v) for k, v in r.items()} for r in m.to_dict("records")]
         disc.sort(key=lambda x: (not x["correct_a"], _natural(str(x["sample_id"]))))
         short = self.short_ids()
