@@ -149,6 +149,24 @@ def _row(md: str, cell: str) -> list[str]:
     return [x.strip() for x in line.strip().strip("|").split("|")]
 
 
+def _split(line: str) -> list[str]:
+    return [x.strip() for x in line.strip().strip("|").split("|")]
+
+
+def _table(md: str, head_start: str) -> dict[str, dict[str, str]]:
+    """The markdown table whose header line starts with `head_start`: {first cell: {column: value}}."""
+    lines = md.splitlines()
+    i = next(k for k, ln in enumerate(lines) if ln.startswith(head_start))
+    head = _split(lines[i])
+    out = {}
+    for ln in lines[i + 2:]:
+        if not ln.startswith("|"):
+            break
+        row = _split(ln)
+        out[row[0]] = dict(zip(head, row, strict=True))
+    return out
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -159,15 +177,17 @@ def test_report_cell_table_matches_planted_numbers(store_url, tmp_path, capsys):
     assert f"report: {out / 'report.md'}" in capsys.readouterr().out
     md = (out / "report.md").read_text()
     cells = pd.read_csv(out / "cells.csv").set_index("cell_id")
-    head = next(ln for ln in md.splitlines() if ln.startswith("| cell |"))
-    cols = [x.strip() for x in head.strip().strip("|").split("|")]
+    main_table, key, cost = _table(md, "| cell | n |"), _table(md, "| cell | cell id |"), _table(md, "| cell | calls |")
     for (c, p), plan in PLAN.items():
         n, k, errors = _planted_acc(plan)
         cid = cell_id(c, p)
         r = cells.loc[cid]
         assert (r["n"], r["correct"], r["errors"]) == (n, k, errors), cid
         assert r["accuracy"] == pytest.approx(k / n)
-        row = dict(zip(cols, _row(md, cid), strict=True))
+        # the tables are keyed by short readable labels (compressor → predictor), the key maps them to cell ids
+        label = r["label"]
+        assert "/" not in label and " → " in label and key[label]["cell id"] == cid
+        row = main_table[label] | key[label] | cost[label]
         assert row["n"] == str(n) and row["errors"] == str(errors)
         assert row["accuracy [95% CI]"].startswith(f"{k / n:.3f} [")
         if c != "-":
@@ -179,8 +199,9 @@ def test_report_cell_table_matches_planted_numbers(store_url, tmp_path, capsys):
             assert row["MI bits ±MC [pop 95% CI]"] == mi_cell
         else:
             assert row["summary_tok"] == "-" and row["MI bits ±MC [pop 95% CI]"] == "-"
-        # dollars only where planted (p1's predictions), '-' elsewhere
-        assert (row["$ actual / uncached"] == "-") == (p == "p2")
+        # dollars only where planted (p1's predictions), '-' elsewhere; nothing was cached, so actual = as if uncached
+        assert (row["$ as if uncached"] == "-") == (p == "p2")
+        assert row["$ actual"] == row["$ as if uncached"] and row["seconds actual"] == row["seconds as if uncached"]
     # the stage of each error
     assert cells.loc[cell_id("c1", "p1"), "errors_predict"] == 1
     assert cells.loc[cell_id("c2", "p1"), "errors_compress"] == 1
@@ -295,8 +316,8 @@ def test_report_on_a_plain_run_explains_missing_sections(tmp_path):
     assert "not identifiable (0 points)" in md
     assert "too few points (0 < 3)" in md
     assert "## Factor importance" in md and "No model fitted" in md
-    # cost columns are '-' without usage rows
-    assert _row(md, "p/c")[-4:] == ["-", "-", "-", "-"]
+    # no usage rows: the cost is unknown, not zero
+    assert "No usage rows in the store: cost unknown." in md
     # an empty store works too
     empty = str(tmp_path / "empty.db")
     Store.open(empty).close()
@@ -324,7 +345,7 @@ def test_metrics_without_a_verdict_are_reported_and_compared(tmp_path, capsys):
     assert (cells.loc["d/none", "n_value"], cells.loc["d/none", "errors_score"]) == (3, 1)
     assert cells.loc["d/none", "value_mean"] == pytest.approx(2.0)
     md = (out / "report.md").read_text()
-    assert "### Metrics without a right answer" in md and "| d/full | bits_per_byte | 4 | 1.000 [" in md
+    assert "### Metrics without a right answer" in md and "| full → pred-1b | bits_per_byte | 4 | 1.000 [" in md
     res = compare_cells(url, "d/full", "d/none", n_boot=200)
     assert res.n_pairs == 3 and res.dropped_b == 1 and res.diff is None
     assert res.value is not None and res.value[0] == "bits_per_byte"

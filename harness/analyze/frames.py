@@ -162,6 +162,8 @@ def prediction_frame(frames: dict[str, pd.DataFrame], cell_ids: Iterable[str] | 
         uk = u[u["call_kind"] == kind][["ref_id", *cols]].rename(columns={c: pre + c for c in cols})
         uk = uk.rename(columns={"ref_id": key}).drop_duplicates(key)
         v = v.merge(uk, on=key, how="left")
+    made = frames["compressions"][["compression_id", "run_id"]].rename(columns={"run_id": "comp_run_id"})
+    v = v.merge(made.drop_duplicates("compression_id"), on="compression_id", how="left")
     return v.reset_index(drop=True)
 
 
@@ -309,10 +311,12 @@ USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "seconds", "flops", "dolla
 #   `value`) or "error" (with error_stage "compress", "predict" or "score"); metric and flags_json (JSON list)
 #   of the counted score; compression_id / compression_error / summary_tokens / context_tokens of the
 #   compression the predictor read; compression_truncated / prediction_truncated (overflow: truncate);
-#   pred_* and comp_* usage (USAGE_FIELDS) of the prediction call and of the compression call.
+#   pred_* and comp_* usage (USAGE_FIELDS) of the prediction call and of the compression call; run_id (the cell's
+#   run) and comp_run_id (the run that made the compression: one made by another run is reused, so free now).
 SAMPLE_COLUMNS = (
-    "sample_id", "status", "error_stage", "metric", "correct", "value", "flags_json", "compression_id",
-    "compression_error", "summary_tokens", "context_tokens", "compression_truncated", "prediction_truncated",
+    "sample_id", "run_id", "comp_run_id", "status", "error_stage", "metric", "correct", "value", "flags_json",
+    "compression_id", "compression_error", "summary_tokens", "context_tokens", "compression_truncated",
+    "prediction_truncated",
     *(f"{pre}{k}" for pre in ("pred_", "comp_") for k in USAGE_FIELDS),
 )  # fmt: skip
 
@@ -353,7 +357,8 @@ def summarize_cell(rows: pd.DataFrame) -> dict[str, Any]:
     prediction prompt was cut; summary_tokens and token_ratio (`metrics.token_ratio` per row): means over rows
     that read an error-free compression; usage: per role sums (prompt/completion tokens, calls, cached calls,
     seconds_actual without cache hits), each compression counted once, and totals: tokens, seconds, FLOPs and
-    dollars as if uncached and actual (cache hits free); None where no usage is known.
+    dollars as if uncached and actual (seconds_actual, flops_actual, dollars_actual: cache hits and compressions
+    made by another run than the cell's are free); None where no usage is known.
     """
     p = rows.reindex(columns=list(dict.fromkeys([*rows.columns, *SAMPLE_COLUMNS])))
     ok = p[p["status"] == "ok"]
@@ -366,6 +371,10 @@ def summarize_cell(rows: pd.DataFrame) -> dict[str, Any]:
     ratios = [token_ratio(int(s), int(c)) for s, c in zip(ratio["summary_tokens"], ratio["context_tokens"],
                                                           strict=True)]
     comps = p.dropna(subset=["compression_id"]).drop_duplicates("compression_id")
+    # a compression made by another run was read from the store: this run spent nothing on it
+    reused = comps["comp_run_id"].notna() & comps["run_id"].notna() & (comps["comp_run_id"] != comps["run_id"])
+    reused &= comps["comp_prompt_tokens"].notna()  # only a compression with a usage row has a cost to waive
+    comps = comps.assign(comp_cached=_true(comps["comp_cached"]) | reused)
     out: dict[str, Any] = {
         "samples": len(p),
         "n": len(ok),
@@ -394,8 +403,10 @@ def summarize_cell(rows: pd.DataFrame) -> dict[str, Any]:
     out["usage_rows"] = out["pred_calls"] + out["comp_calls"]
     out["cached_calls"] = out["pred_cached"] + out["comp_cached"]
     out |= {k: None for k in ("tokens", "seconds", "flops", "dollars", "flops_actual", "dollars_actual")}
+    out["seconds_actual"] = None
     if out["usage_rows"]:
         out["seconds"] = (sum_or_none(p["pred_seconds"]) or 0.0) + (sum_or_none(comps["comp_seconds"]) or 0.0)
+        out["seconds_actual"] = (out["pred_seconds_actual"] or 0.0) + (out["comp_seconds_actual"] or 0.0)
         for k in ("flops", "dollars"):
             a, b = sum_or_none(p[f"pred_{k}"]), sum_or_none(comps[f"comp_{k}"])
             out[k] = None if a is None and b is None else (a or 0.0) + (b or 0.0)
@@ -494,7 +505,7 @@ CELL_COLUMNS = (
     "flops_actual", "dollars_actual", "cached_calls", "tokens", "mi_bits", "mi_lo", "mi_hi", "mi_mc_se",
     "bits_per_token", "saturated_fraction", "mi_scorer", "mi_mode", "mi_run", "mi_id",
     "samples", "scored", "answered", "unparseable", "truncated", "pred_calls", "pred_cached", "pred_seconds_actual",
-    "comp_calls", "comp_cached", "comp_seconds_actual",
+    "comp_calls", "comp_cached", "comp_seconds_actual", "seconds_actual",
 )  # fmt: skip
 
 
@@ -511,7 +522,7 @@ def mi_mc_se(detail_json: Any) -> float | None:
 def pooled_points(cells: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """Cells pooled by `by`: correct/n summed (accuracy and Wilson CI recomputed), MI of the largest cell."""
     carried = ["compressor", "predictor", "compressor_family", "compressor_params", "predictor_params", "mi_bits",
-               "mi_lo", "mi_hi", "bits_per_token", "mi_scorer"]  # fmt: skip
+               "mi_lo", "mi_hi", "bits_per_token", "mi_scorer", "mi_id", "summary_tokens"]  # fmt: skip
     rows = []
     for key, g in cells.groupby(by, dropna=False, sort=True):
         n, k = int(g["n"].sum()), int(g["correct"].sum())
@@ -546,3 +557,41 @@ def factor_data(preds: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
         }
     )
 
+
+
+def short_name(name: Any) -> str:
+    """A model's short name for labels: the last path part, without ".gguf" ("gguf/smollm2-135m" → "smollm2-135m")."""
+    return "-" if is_null(name) or name == "-" else _base(str(name))
+
+
+def cell_labels(cells: pd.DataFrame) -> list[str]:
+    """Short readable labels for the cells, unique within the table: "smollm2-135m → qwen2.5-coder-0.5b" or
+    "full-context → qwen2.5-coder-0.5b"; the task in front when there are several, then only where needed to tell
+    cells apart: the knobs that differ, the run, a counter."""
+    if cells.empty:
+        return []
+    multi_task = cells["task"].nunique() > 1
+    base = []
+    for r in cells.itertuples(index=False):
+        pred = short_name(r.predictor)
+        comp = short_name(r.compressor)
+        if comp == "-":
+            s = f"{r.arm} → {pred}"
+        elif r.arm == "compressed":
+            s = f"{comp} → {pred}"
+        else:
+            s = f"{r.arm} {comp} → {pred}"
+        base.append(f"{r.task}: {s}" if multi_task else s)
+    knobs = list(cells["knobs"]) if "knobs" in cells.columns else ["-"] * len(cells)
+    runs = [str(x) for x in cells["run_id"]]
+    out = list(base)
+    for extra in (lambda i: "" if knobs[i] in ("-", None) else f" ({knobs[i]})", lambda i: f" @{runs[i][-6:]}"):
+        seen = pd.Series(out).value_counts()
+        out = [s + extra(i) if seen[s] > 1 else s for i, s in enumerate(out)]
+    seen = pd.Series(out).value_counts()
+    count: dict[str, int] = {}
+    for i, s in enumerate(out):
+        if seen[s] > 1:
+            count[s] = count.get(s, 0) + 1
+            out[i] = f"{s} #{count[s]}"
+    return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,50 +109,177 @@ def pyplot() -> Any:
 # label -> points (x, y, y_lo or None, y_hi or None)
 Series = dict[str, list[tuple[float, float, float | None, float | None]]]
 
+#: one marker per series (cycled), so a series under another still shows
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
+#: the formats written beside each other for every plot
+PLOT_FORMATS = (".png", ".svg", ".pdf")
 
-def line_plot(path: Path, series: Series, xlabel: str, ylabel: str, title: str, logx: bool = True) -> None:
-    """One line per series label, with error bars where every point has an interval; saved to `path`."""
+
+@dataclass(frozen=True)
+class RefLine:
+    """A horizontal reference line (e.g. the full-context accuracy of one predictor) with an optional band."""
+
+    label: str
+    y: float
+    lo: float | None = None
+    hi: float | None = None
+    style: str = "--"
+
+
+def dodge_factors(k: int, spread: float = 0.08) -> np.ndarray:
+    """Multiplicative x offsets (centred on 1) for `k` series on a log axis, so points at one x do not overlap:
+    2^(spread·(i − (k−1)/2)) for i < k."""
+    i = np.arange(max(int(k), 0), dtype=float)
+    return np.power(2.0, spread * (i - (k - 1) / 2.0))
+
+
+def size_ticks(ax: Any, sizes: Sequence[float]) -> None:
+    """Log x axis with ticks at the parameter counts in `sizes`, labelled "135M", "0.5B" (no 2×10⁸)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    xs = sorted({float(s) for s in sizes if s and np.isfinite(s)})
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(xs))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: fmt_size(v)))
+    ax.xaxis.set_minor_locator(NullLocator())
+    if xs:
+        ax.set_xlim(xs[0] / 1.6, xs[-1] * 1.6)
+
+
+def fmt_size(p: float) -> str:
+    """A parameter count for a tick: "135M", "0.5B", "1.5B", "8B"."""
+    if p >= 1e9:
+        return f"{p / 1e9:.3g}B"
+    if p >= 1e8:
+        return f"{p / 1e9:.2g}B" if p >= 4.5e8 else f"{p / 1e6:.3g}M"
+    return f"{p / 1e6:.3g}M"
+
+
+def save_figure(fig: Any, path: Path) -> list[Path]:
+    """Save `fig` as PNG, SVG and PDF (`path` with each suffix of `PLOT_FORMATS`), legend included; returns them."""
+    plt = pyplot()
+    out = []
+    for ext in PLOT_FORMATS:
+        q = Path(path).with_suffix(ext)
+        fig.savefig(q, bbox_inches="tight", metadata=_PLOT_METADATA.get(ext))
+        out.append(q)
+    plt.close(fig)
+    return out
+
+
+# no creation date in SVG/PDF, so the files of one store are byte-stable
+_PLOT_METADATA: dict[str, dict[str, Any]] = {".svg": {"Date": None}, ".pdf": {"CreationDate": None}}
+
+
+def _legend_outside(ax: Any) -> None:
+    """The legend to the right of the axes, off the data (nothing when no artist is labelled)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                  frameon=False)  # fmt: skip
+
+
+def line_figure(
+    series: Series,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    refs: Sequence[RefLine] = (),
+    ceiling: tuple[str, Sequence[tuple[float, float]]] | None = None,
+    ylim: tuple[float | None, float | None] | None = None,
+    sizes: bool = True,
+) -> Any:
+    """A figure with one line per series: its own marker, error bars where a point has an interval, dodged in x
+    so series at the same x stay visible; reference lines (`refs`), a ceiling ((label, [(x, y)]): one dashed
+    line when every y is equal, else a tick per point) and a size axis ("135M", "0.5B") when `sizes`."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    for label, pts in sorted(series.items()):
-        pts = sorted(pts)
-        x = np.array([p[0] for p in pts])
+    names = sorted(series)
+    dodge = dodge_factors(len(names))
+    for k, label in enumerate(names):
+        pts = sorted(series[label])
+        x = np.array([p[0] for p in pts]) * dodge[k]
         y = np.array([p[1] for p in pts])
-        lo = np.array([np.nan if p[2] is None else p[2] for p in pts])
-        hi = np.array([np.nan if p[3] is None else p[3] for p in pts])
-        if np.isfinite(lo).all() and np.isfinite(hi).all():
-            ax.errorbar(x, y, yerr=[np.maximum(y - lo, 0), np.maximum(hi - y, 0)], marker="o", capsize=3, label=label)
-        else:
-            ax.plot(x, y, marker="o", label=label)
-    if logx:
-        ax.set_xscale("log")
+        lo = np.array([np.nan if p[2] is None else p[2] for p in pts], dtype=float)
+        hi = np.array([np.nan if p[3] is None else p[3] for p in pts], dtype=float)
+        err = np.vstack([np.nan_to_num(np.maximum(y - lo, 0)), np.nan_to_num(np.maximum(hi - y, 0))])
+        has = np.isfinite(lo) & np.isfinite(hi)
+        ax.errorbar(x, y, yerr=err if has.any() else None, marker=MARKERS[k % len(MARKERS)], markersize=6,
+                    capsize=3, linewidth=1.2, label=label, zorder=3)  # fmt: skip
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for j, r in enumerate(refs):
+        c = colors[(len(names) + j) % len(colors)]
+        ax.axhline(r.y, color=c, linestyle=r.style, linewidth=1.1, label=r.label, zorder=2)
+        if r.lo is not None and r.hi is not None:
+            ax.axhspan(r.lo, r.hi, color=c, alpha=0.08, zorder=1)
+    if ceiling is not None:
+        label, cpts = ceiling
+        ys = {round(float(y), 9) for _, y in cpts}
+        if len(ys) == 1:
+            ax.axhline(next(iter(ys)), color="0.3", linestyle=(0, (4, 2)), linewidth=1.0, label=label, zorder=2)
+        elif cpts:
+            ax.scatter([x for x, _ in cpts], [y for _, y in cpts], marker="_", s=160, color="0.3", label=label,
+                       zorder=2)  # fmt: skip
+    if sizes:
+        size_ticks(ax, [p[0] for pts in series.values() for p in pts])
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _legend_outside(ax)
+    return fig
 
 
-def rd_plot(path: Path, r: np.ndarray, dist: np.ndarray, labels: Sequence[Any], fit: Any, title: str) -> None:
-    """Rate–distortion scatter (R in MI bits, D = 1 − accuracy) with the fitted curve when `fit.ok`."""
+def line_plot(path: Path, series: Series, xlabel: str, ylabel: str, title: str, **kw: Any) -> list[Path]:
+    """`line_figure` saved as PNG, SVG and PDF beside each other; returns the files."""
+    return save_figure(line_figure(series, xlabel, ylabel, title, **kw), path)
+
+
+@dataclass(frozen=True)
+class RDPoint:
+    """One rate–distortion point: R in bits with its interval, D = 1 − accuracy with its interval, a label."""
+
+    label: str
+    r: float
+    r_lo: float | None
+    r_hi: float | None
+    d: float
+    d_lo: float
+    d_hi: float
+
+
+def rd_figure(points: Sequence[RDPoint], fit: Any, title: str, ceiling: float | None = None) -> Any:
+    """Rate–distortion points (R = MI bits, D = 1 − accuracy), each with its own marker and 95% intervals on both
+    axes, D on [0, 1], the fitted C·exp(−bR)+D0 when `fit.ok`, the log2 N ceiling of R when given."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=110)
-    ax.scatter(r, dist, zorder=3)
-    for x, y, lab in zip(r, dist, labels, strict=True):
-        ax.annotate(str(lab)[:24], (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    for k, p in enumerate(points):
+        xerr = None
+        if p.r_lo is not None and p.r_hi is not None:
+            xerr = [[max(p.r - p.r_lo, 0.0)], [max(p.r_hi - p.r, 0.0)]]
+        ax.errorbar([p.r], [p.d], xerr=xerr, yerr=[[max(p.d - p.d_lo, 0.0)], [max(p.d_hi - p.d, 0.0)]],
+                    marker=MARKERS[k % len(MARKERS)], markersize=6, capsize=3, linestyle="none", label=p.label,
+                    zorder=3)  # fmt: skip
+    rmax = max([p.r_hi if p.r_hi is not None else p.r for p in points] + [ceiling or 0.0, 1e-3])
     if fit.ok:
-        grid = np.linspace(0.0, max(float(r.max()) * 1.1, 1e-3), 200)
-        ax.plot(grid, fit.predict(grid), label=f"C·exp(−bR)+D0, D0={fit.D0:.2f}")
-        ax.legend(fontsize=7)
+        grid = np.linspace(0.0, rmax * 1.05, 200)
+        ax.plot(grid, fit.predict(grid), color="0.2", linewidth=1.2, label=f"fit C·exp(−bR)+D0, D0={fit.D0:.2f}")
     else:
         ax.text(0.02, 0.03, "no fit: " + (fit.note or "failed"), transform=ax.transAxes, fontsize=7)
-    ax.set_xlabel("rate R (MI bits)")
-    ax.set_ylabel("distortion D = 1 − accuracy")
+    if ceiling is not None:
+        ax.axvline(ceiling, color="0.3", linestyle=(0, (4, 2)), linewidth=1.0, label=f"log2 N = {ceiling:.2f} bits")
+    ax.set_xlim(left=0.0, right=rmax * 1.08)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("rate R (MI bits, 95% CI)")
+    ax.set_ylabel("distortion D = 1 − accuracy (95% CI)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _legend_outside(ax)
+    return fig
+
+
+def rd_plot(path: Path, points: Sequence[RDPoint], fit: Any, title: str, ceiling: float | None = None) -> list[Path]:
+    """`rd_figure` saved as PNG, SVG and PDF; returns the files."""
+    return save_figure(rd_figure(points, fit, title, ceiling), path)

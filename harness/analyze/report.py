@@ -12,26 +12,31 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from harness.analyze import stats
+from harness.analyze.examples import examples_section
 from harness.analyze.frames import (
     ERROR_STAGES,
     MIChoice,
     ModelInfo,
     cell_frame,
+    cell_labels,
     factor_data,
     is_null,
     mi_mc_se,
     model_infos,
     pooled_points,
+    short_name,
 )
 from harness.analyze.render import (
+    RDPoint,
+    RefLine,
     Series,
     fmt,
     fmt_accuracy,
-    fmt_cost_pair,
     fmt_mi,
     fmt_mi_bits,
     fmt_num,
@@ -42,18 +47,22 @@ from harness.analyze.render import (
     rd_plot,
     slug,
 )
+from harness.analyze.report_html import write_html
 from harness.analyze.tune import filter_section
 from harness.errors import UserError
 
 
 @dataclass
 class Report:
-    """What `build_report` wrote: the markdown path, the folder, the cell table and the plot files."""
+    """What `build_report` wrote: the markdown and HTML paths, the folder, the cell table (with its `label`
+    column), the PNG plots and every plot file (PNG, SVG, PDF)."""
 
     path: Path
     folder: Path
     cells: pd.DataFrame
     plots: list[Path] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    html: Path | None = None
 
 
 def default_out_dir(url: str | Path) -> Path:
@@ -69,7 +78,8 @@ def default_out_dir(url: str | Path) -> Path:
 def build_report(
     url: str | Path, out: str | Path | None = None, run_id: str | None = None, n_boot: int = 1000, seed: int = 0
 ) -> Report:
-    """Write `<out>/report.md`, `<out>/cells.csv` and PNG plots for the store at `url`; returns what it wrote."""
+    """Write `<out>/report.md`, the same as one self-contained `<out>/report.html`, `<out>/cells.csv` and the plots
+    (PNG, SVG and PDF of each) for the store at `url`; returns what it wrote. `seed` also picks the examples."""
     from harness.results import load
     from harness.store.redact import redact_url
 
@@ -81,6 +91,8 @@ def build_report(
     folder.mkdir(parents=True, exist_ok=True)
     infos = model_infos(frames["models"])
     cells, preds, choice = cell_frame(frames, run_id, infos)
+    cells.insert(1, "label", cell_labels(cells))
+    labels = dict(zip(cells["cell_id"].astype(str), cells["label"], strict=True))
     cells.to_csv(folder / "cells.csv", index=False)
     rep = Report(folder / "report.md", folder, cells)
     runs = frames["runs"]
@@ -102,7 +114,7 @@ def build_report(
         )
         L.append("")
     L += _models_section(cells, infos)
-    L += _cells_section(cells, choice)
+    L += _cells_section(cells, choice, labels)
     L += _mi_section(frames, cells, infos)
     L += filter_section(frames, cells, folder, rep.plots, run_id)  # RAG filters: IB terms, Pareto plot (issue #13)
     if cells.empty:
@@ -110,19 +122,27 @@ def build_report(
     else:
         comp_cells = cells[cells["compressor_model_id"].notna()]
         multi_task = cells["task"].nunique() > 1
-        L += _scaling_section(folder, cells, comp_cells, multi_task, rep)
-        L += _rd_section(folder, comp_cells, rep, n_boot, seed)
+        L += _scaling_section(folder, frames, cells, comp_cells, multi_task, rep)
+        L += _rd_section(folder, frames, comp_cells, rep, n_boot, seed)
         L += _corr_section(comp_cells)
         L += _factor_section(preds, cells)
+        L += examples_section(frames, cells, preds, labels, seed=seed)
     L += [
         "## Files",
         "",
-        "- `cells.csv`: the cell table with full-precision numbers",
-        *(f"- `{p.name}`" for p in rep.plots),
+        "- `report.html`: this report as one self-contained file (plots inlined), to share",
+        "- `cells.csv`: the cell table with full-precision numbers (`label` is the cell column here)",
+        *(f"- `{p.name}`" + _siblings(p, rep.files) for p in rep.plots),
         "",
     ]
     rep.path.write_text("\n".join(L))
+    rep.html = write_html(rep.path, f"harness report: {redact_url(str(url))}")
     return rep
+
+
+def _siblings(png: Path, files: list[Path]) -> str:
+    """ ", `x.svg`, `x.pdf`" for the SVG and PDF written beside a PNG."""
+    return "".join(f", `{q.name}`" for q in (png.with_suffix(".svg"), png.with_suffix(".pdf")) if q in files)
 
 
 def _models_section(cells: pd.DataFrame, infos: dict[int, ModelInfo]) -> list[str]:
@@ -146,79 +166,60 @@ def _models_section(cells: pd.DataFrame, infos: dict[int, ModelInfo]) -> list[st
     return ["## Models", "", md_table(["id", "name", "role", "family", "params", "size from"], rows), ""]
 
 
-def _cells_section(cells: pd.DataFrame, choice: MIChoice) -> list[str]:
+def _cells_section(cells: pd.DataFrame, choice: MIChoice, labels: dict[str, str]) -> list[str]:
     L = ["## Cells", ""]
     if cells.empty:
         return [*L, "No cells.", ""]
-    head = [
-        "cell",
-        "task",
-        "arm",
-        "compressor",
-        "predictor",
-        "knobs",
-        "n",
-        "accuracy [95% CI]",
-        "errors",
-        "summary_tok",
-        "token_ratio",
-        "MI bits ±MC [pop 95% CI]",
-        "bits/token",
-        "MI scorer",
-        "tokens",
-        "seconds",
-        "FLOPs actual / uncached",
-        "$ actual / uncached",
+    lab = [labels[str(c)] for c in cells["cell_id"]]
+    head = ["cell", "n", "accuracy [95% CI]", "errors", "summary_tok", "token_ratio", "MI bits ±MC [pop 95% CI]",
+            "bits/token"]  # fmt: skip
+    rows = [
+        [
+            lab[i],
+            str(r["n"]),
+            fmt_accuracy(r),
+            str(r["errors"]),
+            fmt(r["summary_tokens"], ".1f"),
+            fmt(r["token_ratio"], ".3f"),
+            fmt_mi(r),
+            fmt(r["bits_per_token"], ".3f"),
+        ]
+        for i, (_, r) in enumerate(cells.iterrows())
     ]
-    rows = []
-    for _, r in cells.iterrows():
-        scorer = "-"
-        if not is_null(r["mi_scorer"]):
-            scorer = f"{r['mi_scorer']} ({r['mi_mode']})" + ("" if r["mi_run"] == r["run_id"] else f" †{r['mi_run']}")
-        rows.append(
-            [
-                str(r["cell_id"]),
-                str(r["task"]),
-                str(r["arm"]),
-                str(r["compressor"]),
-                str(r["predictor"]),
-                r["knobs"],
-                str(r["n"]),
-                fmt_accuracy(r),
-                str(r["errors"]),
-                fmt(r["summary_tokens"], ".1f"),
-                fmt(r["token_ratio"], ".3f"),
-                fmt_mi(r),
-                fmt(r["bits_per_token"], ".3f"),
-                scorer,
-                fmt_num(r["tokens"]),
-                fmt(r["seconds"], ".1f"),
-                fmt_cost_pair(r["flops_actual"], r["flops"]),
-                fmt_cost_pair(r["dollars_actual"], r["dollars"]),
-            ]
-        )
     L += [md_table(head, rows), ""]
     notes = [
+        "cell: compressor → predictor, or the reference arm (full-context, no-context) → predictor; the cell key "
+        "below gives each cell's id (as in cells.csv), run, task, knobs and MI scorer.",
         "n counts scored predictions; accuracy is their share correct with a Wilson 95% interval. Errored "
         "compressions or predictions and missing scores are counted under errors, never as wrong answers.",
         "summary_tok and token_ratio (= summary tokens / context tokens) are means over the cell's compressions.",
-        "MI is the pooled estimate (group_id '') for the cell's compressor and task, in bits with its 95% CI; "
-        "† marks an estimate taken from another run.",
-        "tokens (prompt + completion, compressor and predictor calls), seconds, FLOPs and $ are totals from usage "
-        "rows of the cell's predictions and of the compressions they read; '-' where the store has none.",
+        "MI is the pooled estimate (group_id '') for the cell's compressor and task, in bits: ±MC is its Monte Carlo "
+        "standard error given the contexts, [pop …] its 95% interval over contexts; it can never exceed log2 N "
+        "(N = contexts, see MI estimates). † in the key marks an estimate taken from another run.",
     ]
     metrics = sorted({m for s in cells["metric"] for m in str(s).split(",") if m and m != "-"})
     if metrics:
         notes.append(f"metrics counted: {', '.join(metrics)} (a judge verdict, when stored, is the one counted)")
     notes += choice.notes
     L += [f"- {n}" for n in notes] + [""]
+    L += ["### Cell key", ""]
+    key = []
+    for i, (_, r) in enumerate(cells.iterrows()):
+        scorer = "-"
+        if not is_null(r["mi_scorer"]):
+            scorer = f"{r['mi_scorer']} ({r['mi_mode']})" + ("" if r["mi_run"] == r["run_id"] else f" †{r['mi_run']}")
+        key.append([lab[i], str(r["cell_id"]), str(r["run_id"]), str(r["task"]), str(r["arm"]), str(r["compressor"]),
+                    str(r["predictor"]), r["knobs"], scorer])  # fmt: skip
+    L += [md_table(["cell", "cell id", "run", "task", "arm", "compressor", "predictor", "knobs", "MI scorer"], key), ""]
+    L += _cost_table(cells, lab)
     val = cells[cells["n_value"].fillna(0) > 0]
     if len(val):
         L += ["### Metrics without a right answer", ""]
         rows = []
         for _, r in val.iterrows():
             ci = "" if is_null(r["value_lo"]) else f" [{r['value_lo']:.3f}, {r['value_hi']:.3f}]"
-            rows.append([str(r["cell_id"]), str(r["value_metric"]), str(r["n_value"]), f"{r['value_mean']:.3f}{ci}"])
+            rows.append([labels[str(r["cell_id"])], str(r["value_metric"]), str(r["n_value"]),
+                         f"{r['value_mean']:.3f}{ci}"])  # fmt: skip
         L += [md_table(["cell", "metric", "n", "mean [95% t CI]"], rows), ""]
         L += ["These scores (e.g. bits per byte of a reference continuation, lower is better) have no verdict, so "
               "they are not in n or accuracy above.", ""]  # fmt: skip
@@ -229,31 +230,47 @@ def _cells_section(cells: pd.DataFrame, choice: MIChoice) -> list[str]:
             md_table(
                 ["cell", "errors", *ERROR_STAGES],
                 [
-                    [str(r["cell_id"]), str(r["errors"]), *(str(r[f"errors_{s}"]) for s in ERROR_STAGES)]
+                    [labels[str(r["cell_id"])], str(r["errors"]), *(str(r[f"errors_{s}"]) for s in ERROR_STAGES)]
                     for _, r in bad.iterrows()
                 ],
             )
         )
         L.append("")
-    if cells["usage_rows"].sum() > 0:
-        L += ["### Cost detail", ""]
-        L.append(
-            md_table(
-                ["cell", "comp prompt", "comp completion", "pred prompt", "pred completion", "cached calls"],
-                [
-                    [
-                        str(r["cell_id"]),
-                        fmt_num(r["comp_prompt_tokens"]),
-                        fmt_num(r["comp_completion_tokens"]),
-                        fmt_num(r["pred_prompt_tokens"]),
-                        fmt_num(r["pred_completion_tokens"]),
-                        str(r["cached_calls"]),
-                    ]
-                    for _, r in cells.iterrows()
-                ],
-            )
-        )
-        L.append("")
+    return L
+
+
+def _cost_table(cells: pd.DataFrame, lab: list[str]) -> list[str]:
+    """The cost of each cell, what this run spent (actual) and what the same calls cost from scratch."""
+    L = ["### Cost", ""]
+    if cells["usage_rows"].fillna(0).sum() == 0:
+        return [*L, "No usage rows in the store: cost unknown.", ""]
+    rows = []
+    for i, (_, r) in enumerate(cells.iterrows()):
+        calls = int(r["usage_rows"] or 0)
+        rows.append([lab[i], f"{calls} ({int(r['cached_calls'] or 0)} cached)" if calls else "-", fmt_num(r["tokens"]),
+                     fmt(r["seconds_actual"], ".1f"), fmt(r["seconds"], ".1f"), fmt_num(r["flops_actual"]),
+                     fmt_num(r["flops"]), fmt_num(r["dollars_actual"]), fmt_num(r["dollars"])])  # fmt: skip
+    head = ["cell", "calls", "tokens", "seconds actual", "seconds as if uncached", "FLOPs actual",
+            "FLOPs as if uncached", "$ actual", "$ as if uncached"]  # fmt: skip
+    L += [md_table(head, rows), ""]
+    L += [
+        "- actual: what this run spent. A response-cache hit, and a compression read from the store that another "
+        "run made, cost nothing now, so a fully cached rerun shows 0. As if uncached: the same calls run from "
+        "scratch (each call's own usage row). tokens count prompt + completion of compressor and predictor calls; "
+        "'-' where the store has no usage.",
+        "",
+        "#### Tokens by role",
+        "",
+        md_table(
+            ["cell", "comp prompt", "comp completion", "pred prompt", "pred completion"],
+            [
+                [lab[i], fmt_num(r["comp_prompt_tokens"]), fmt_num(r["comp_completion_tokens"]),
+                 fmt_num(r["pred_prompt_tokens"]), fmt_num(r["pred_completion_tokens"])]
+                for i, (_, r) in enumerate(cells.iterrows())
+            ],
+        ),
+        "",
+    ]
     return L
 
 
@@ -265,12 +282,17 @@ def _mi_section(frames: dict[str, pd.DataFrame], cells: pd.DataFrame, infos: dic
     if mi.empty:
         return [*L, "No pooled MI estimates for these cells' compressors (run with an `mi:` section).", ""]
     rows = []
+    any_bound = False
     for r in mi.sort_values(["task", "compressor_model_id", "scorer_model_id", "mode", "run_id"]).itertuples():
         c, s = int(r.compressor_model_id), int(r.scorer_model_id)
         mc = mi_mc_se(r.detail_json)
         bits = f"error: {r.error}" if not is_null(r.error) else (
             fmt_mi_bits(r.bits, mc, r.ci_lo, r.ci_hi) if not is_null(r.bits) else "-")
-        up = "-" if is_null(r.upper_bits) else ("∞" if math.isinf(r.upper_bits) else f"{r.upper_bits:.2f}")
+        ceiling = "-" if is_null(r.n_contexts) or r.n_contexts < 1 else f"{math.log2(r.n_contexts):.2f}"
+        up = "-"  # the leave-one-out value is shown only where it is a bound (scored by the sampler)
+        if not is_null(r.upper_bits) and not is_null(r.upper_is_bound) and bool(r.upper_is_bound):
+            up = "∞" if math.isinf(r.upper_bits) else f"{r.upper_bits:.2f}"
+            any_bound = True
         rows.append(
             [
                 str(r.task),
@@ -281,30 +303,54 @@ def _mi_section(frames: dict[str, pd.DataFrame], cells: pd.DataFrame, infos: dic
                 fmt(r.n_contexts, ".0f"),
                 fmt(r.n_samples, ".0f"),
                 bits,
+                ceiling,
                 up,
                 fmt(r.bits_per_token, ".3f"),
                 fmt(r.saturated_fraction, ".2f"),
             ]
         )
-    head = [
-        "task",
-        "compressor",
-        "scorer",
-        "mode",
-        "run",
-        "contexts",
-        "M",
-        "bits ±MC [pop 95% CI]",
-        "upper",
-        "bits/token",
-        "saturated",
+    head = ["task", "compressor", "scorer", "mode", "run", "N contexts", "M", "bits ±MC [pop 95% CI]",
+            "ceiling log2 N", "LOO upper bound", "bits/token", "saturated"]  # fmt: skip
+    notes = [
+        "N contexts and M draws per context; the estimate cannot exceed the ceiling log2 N (the contexts are "
+        "equally likely, so H(X) = log2 N); saturated is the share of pointwise terms at that ceiling, where the "
+        "estimate is a lower bound.",
+        "LOO upper bound: the leave-one-out estimate (the marginal over the other N − 1 contexts). It is an upper "
+        "bound on the population MI (all contexts, not only these N), so it is not capped by log2 N and can read "
+        "e.g. 31.79 next to a 2-bit ceiling; it is shown only where it is a bound (the scorer is the model that "
+        "sampled, with plain sampling), '-' elsewhere" + ("." if any_bound else " (here: nowhere)."),
     ]
-    return [*L, md_table(head, rows), ""]
+    return [*L, md_table(head, rows), "", *(f"- {n}" for n in notes), ""]
+
+
+def _mi_ceilings(frames: dict[str, pd.DataFrame], pts: pd.DataFrame) -> dict[int, tuple[float, float | None]]:
+    """{mi_id: (log2 N, mean summary tokens)} of the MI rows behind the points."""
+    mi = frames["mi_estimates"]
+    ids = {int(x) for x in pts["mi_id"].dropna()} if "mi_id" in pts.columns else set()
+    out: dict[int, tuple[float, float | None]] = {}
+    for r in mi[mi["mi_id"].isin(list(ids))].itertuples():
+        if not is_null(r.n_contexts) and r.n_contexts >= 1:
+            out[int(r.mi_id)] = (math.log2(r.n_contexts), None if is_null(r.mean_tokens) else float(r.mean_tokens))
+    return out
+
+
+def _reference_lines(cells: pd.DataFrame, multi_task: bool) -> list[RefLine]:
+    """Accuracy of the cells without a compressor (full-context, no-context), pooled per task, arm and predictor."""
+    ref = cells[cells["compressor_model_id"].isna()]
+    if ref.empty:
+        return []
+    out = []
+    for _, r in pooled_points(ref, ["task", "arm", "predictor_model_id"]).iterrows():
+        label = f"{r['arm']} → {short_name(r['predictor'])}" + (f" [{r['task']}]" if multi_task else "")
+        style = {"full-context": "--", "no-context": ":"}.get(str(r["arm"]), "-.")
+        out.append(RefLine(label, float(r["accuracy"]), float(r["acc_lo"]), float(r["acc_hi"]), style))
+    return out
 
 
 def _scaling_section(
-    folder: Path, cells: pd.DataFrame, comp_cells: pd.DataFrame, multi_task: bool, rep: Report
-) -> list[str]:
+    folder: Path, frames: dict[str, pd.DataFrame], cells: pd.DataFrame, comp_cells: pd.DataFrame, multi_task: bool,
+    rep: Report,
+) -> list[str]:  # fmt: skip
     L = ["## Scaling", ""]
     if comp_cells.empty:
         L += ["No cells with a compressor: no compressor-size plots.", ""]
@@ -312,10 +358,11 @@ def _scaling_section(
         per_pair = pooled_points(comp_cells, ["task", "compressor_model_id", "predictor_model_id"])
         # MI and bits/token belong to the compressor (and scorer), not the predictor: one point per compressor
         per_comp = pooled_points(comp_cells, ["task", "compressor_model_id"])
+        ceil = _mi_ceilings(frames, per_comp)
         for col, lo, hi, ylabel, fname in (
             ("accuracy", "acc_lo", "acc_hi", "accuracy", "scaling-accuracy.png"),
             ("mi_bits", "mi_lo", "mi_hi", "MI bits", "scaling-mi-bits.png"),
-            ("bits_per_token", None, None, "bits per token", "scaling-bits-per-token.png"),
+            ("bits_per_token", "mi_lo", "mi_hi", "bits per token", "scaling-bits-per-token.png"),
         ):
             per_pred = col == "accuracy"
             pts = per_pair if per_pred else per_comp
@@ -331,30 +378,42 @@ def _scaling_section(
                 L += [f"Skipped: too little data ({why}; need ≥ 2 sizes).", ""]
                 continue
             series: Series = {}
+            cpts: list[tuple[float, float]] = []
             for _, r in d.iterrows():
                 label = (
                     str(r["compressor_family"])
-                    + (f" → {r['predictor']}" if per_pred else "")
+                    + (f" → {short_name(r['predictor'])}" if per_pred else "")
                     + (f" [{r['task']}]" if multi_task else "")
                 )
-                series.setdefault(label, []).append(
-                    (
-                        float(r["compressor_params"]),
-                        float(r[col]),
-                        None if lo is None or is_null(r[lo]) else float(r[lo]),
-                        None if hi is None or is_null(r[hi]) else float(r[hi]),
-                    )
-                )
-            line_plot(
-                folder / fname,
-                series,
-                "compressor parameters",
-                ylabel,
-                f"{ylabel} vs compressor size (one line per compressor family"
-                + (" → predictor)" if per_pred else ")"),
-            )
+                y, ylo, yhi = float(r[col]), _num(r[lo]), _num(r[hi])
+                c = None if is_null(r.get("mi_id")) else ceil.get(int(r["mi_id"]))
+                if col == "bits_per_token":  # bits / mean tokens: the MI interval and ceiling scale the same way
+                    scale = None if c is None or not c[1] else 1.0 / c[1]
+                    ylo = None if scale is None or ylo is None else ylo * scale
+                    yhi = None if scale is None or yhi is None else yhi * scale
+                    if scale is not None and c is not None:
+                        cpts.append((float(r["compressor_params"]), c[0] * scale))
+                elif col == "mi_bits" and c is not None:
+                    cpts.append((float(r["compressor_params"]), c[0]))
+                series.setdefault(label, []).append((float(r["compressor_params"]), y, ylo, yhi))
+            kw: dict[str, Any] = {}
+            if per_pred:
+                kw = {"refs": _reference_lines(cells, multi_task), "ylim": (-0.02, 1.02)}
+            elif cpts:
+                cl = "ceiling log2 N" if col == "mi_bits" else "ceiling log2 N / summary tokens"
+                top = max(max(y for _, y in cpts), max((p[3] or p[1]) for s in series.values() for p in s))
+                kw = {"ceiling": (cl, cpts), "ylim": (0.0, top * 1.08)}
+            what = " → predictor" if per_pred else ""
+            files = line_plot(folder / fname, series, "compressor parameters", ylabel,
+                              f"{ylabel} vs compressor size (one line per compressor family{what})", **kw)  # fmt: skip
             rep.plots.append(folder / fname)
+            rep.files += files
             L += [f"![{ylabel} vs compressor size]({fname})", ""]
+            if per_pred and kw["refs"]:
+                L += ["Horizontal lines: the reference arms' accuracy per predictor (band: 95% CI).", ""]
+            if col == "bits_per_token":
+                L += ["Error bars: the MI interval divided by the mean summary tokens (the same scaling as the "
+                      "point).", ""]  # fmt: skip
     L.append("### accuracy vs predictor size")
     L.append("")
     pts = pooled_points(cells, ["task", "arm", "compressor", "predictor_model_id"])
@@ -366,30 +425,39 @@ def _scaling_section(
     for _, r in d.iterrows():
         label = (
             f"{r['arm']}"
-            + (f" ({r['compressor']})" if r["compressor"] != "-" else "")
+            + (f" ({short_name(r['compressor'])})" if r["compressor"] != "-" else "")
             + (f" [{r['task']}]" if multi_task else "")
         )
         series.setdefault(label, []).append(
             (float(r["predictor_params"]), float(r["accuracy"]), float(r["acc_lo"]), float(r["acc_hi"]))
         )
     fname = "scaling-accuracy-predictor.png"
-    line_plot(folder / fname, series, "predictor parameters", "accuracy", "accuracy vs predictor size")
+    rep.files += line_plot(folder / fname, series, "predictor parameters", "accuracy", "accuracy vs predictor size",
+                           ylim=(-0.02, 1.02))  # fmt: skip
     rep.plots.append(folder / fname)
     return [*L, f"![accuracy vs predictor size]({fname})", ""]
 
 
-def _rd_section(folder: Path, comp_cells: pd.DataFrame, rep: Report, n_boot: int, seed: int) -> list[str]:
+def _num(v: Any) -> float | None:
+    return None if is_null(v) else float(v)
+
+
+def _rd_section(
+    folder: Path, frames: dict[str, pd.DataFrame], comp_cells: pd.DataFrame, rep: Report, n_boot: int, seed: int
+) -> list[str]:
     L = [
         "## Rate–distortion",
         "",
         "Per predictor: R = MI bits of the compressor (the cell table's scorer), D = 1 − accuracy, fitted as "
         f"D(R) = C·exp(−b·R) + D0 (least squares, bootstrap 95% intervals over points) when there are ≥ "
-        f"{stats.MIN_RD_POINTS} distinct (R, D) points.",
+        f"{stats.MIN_RD_POINTS} distinct (R, D) points. The plots show each point's 95% intervals on both axes "
+        "(R: over contexts; D: Wilson) and the log2 N ceiling of R.",
         "",
     ]
     if comp_cells.empty:
         return [*L, "No cells with a compressor: no rate–distortion points.", ""]
     pts = pooled_points(comp_cells, ["task", "predictor_model_id", "compressor_model_id"])
+    ceil = _mi_ceilings(frames, pts)
     for (task, _pid), g in pts.groupby(["task", "predictor_model_id"], sort=True):
         name = str(g["predictor"].iloc[0])
         L.append(f"### {name} ({task})")
@@ -413,18 +481,28 @@ def _rd_section(folder: Path, comp_cells: pd.DataFrame, rep: Report, n_boot: int
                 f"{fit.n_boot_ok}/{fit.n_boot} bootstrap fits converged){'; ' + fit.note if fit.note else ''}"
             )
         L.append("")
+        g = g.sort_values("mi_bits")
         L.append(
             md_table(
-                ["compressor", "R (bits)", "D = 1 − acc", "n"],
+                ["compressor", "R (bits) [95% CI]", "D = 1 − acc [95% CI]", "n"],
                 [
-                    [str(x.compressor), f"{x.mi_bits:.3f}", f"{1 - x.accuracy:.3f}", str(x.n)]
-                    for x in g.sort_values("mi_bits").itertuples()
+                    [short_name(x.compressor), f"{x.mi_bits:.3f}" + ("" if is_null(x.mi_lo) or is_null(x.mi_hi) else
+                     f" [{x.mi_lo:.2f}, {x.mi_hi:.2f}]"),
+                     f"{1 - x.accuracy:.3f} [{1 - x.acc_hi:.2f}, {1 - x.acc_lo:.2f}]", str(x.n)]
+                    for x in g.itertuples()
                 ],
             )
-        )
+        )  # fmt: skip
         L.append("")
+        points = [
+            RDPoint(short_name(x.compressor), float(x.mi_bits), _num(x.mi_lo), _num(x.mi_hi), 1.0 - float(x.accuracy),
+                    1.0 - float(x.acc_hi), 1.0 - float(x.acc_lo))
+            for x in g.itertuples()
+        ]  # fmt: skip
+        ns = {ceil[int(i)][0] for i in g["mi_id"].dropna() if int(i) in ceil}
         fname = f"rd-{slug(str(task))}-{slug(name)}.png"
-        rd_plot(folder / fname, r, dist, list(g["compressor"]), fit, f"rate–distortion: {name} ({task})")
+        rep.files += rd_plot(folder / fname, points, fit, f"rate–distortion: {short_name(name)} ({task})",
+                             ceiling=max(ns) if len(ns) == 1 else None)  # fmt: skip
         rep.plots.append(folder / fname)
         L += [f"![rate–distortion {name}]({fname})", ""]
     return L
@@ -499,10 +577,13 @@ def _factor_section(preds: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
     res = stats.logistic_factors(d, "correct", factors, "sample")
     L.append(
         "Logistic regression of per-prediction correctness (compressor cells) on the factors below; 95% "
-        "intervals from the cluster-robust covariance (clusters: samples); LR test: drop the factor and refit."
+        "intervals and Wald tests from the cluster-robust covariance (clusters: samples); LR test: drop the factor "
+        "and refit."
     )
     L.append("")
-    notes += res.notes
+    if res.small_sample:
+        L += [f"**Few clusters:** {stats.few_clusters_note(res.n_clusters)}", ""]
+    notes += [n for n in res.notes if n != stats.few_clusters_note(res.n_clusters)]
     if res.ok:
         L.append(
             f"n = {res.n} predictions, {res.n_clusters} samples; factors: {', '.join(res.factors)}"
@@ -517,13 +598,18 @@ def _factor_section(preds: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
         )
         L.append("")
         if res.lr_tests:
-            L.append(
-                md_table(
-                    ["factor", "LR chi2", "df", "p"],
-                    [[t.factor, f"{t.stat:.2f}", str(t.df), fmt_p(t.p)] for t in res.lr_tests],
-                )
-            )
+            wald = {w.factor: w for w in res.wald_tests}
+            wname = f"Wald F(df, {res.n_clusters - 1}) p" if res.small_sample else "Wald chi2 p"
+            rows = []
+            for t in res.lr_tests:
+                w = wald.get(t.factor)
+                rows.append([t.factor, f"{t.stat:.2f}", str(t.df), fmt_p(t.p), "-" if w is None else fmt_p(w.p)])
+            L.append(md_table(["factor", "LR chi2", "df", "LR p", wname], rows))
             L.append("")
+            L += [f"Read first: the {res.preferred} test"
+                  + (" (few clusters: the Wald test over-rejects)." if res.preferred == "LR" and res.robust else
+                     "; the two agree when clusters are many and the model fits." if res.preferred == "Wald" else "."),
+                  ""]  # fmt: skip
     else:
         L += [f"No model fitted (n = {res.n}).", ""]
     if notes:

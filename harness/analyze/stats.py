@@ -1,8 +1,9 @@
 """Statistics for the analysis layer: pure functions over numpy arrays and DataFrames (no models, no store).
 
 - `fit_rate_distortion`: D(R) = C·exp(−b·R) + D0 by least squares, with bootstrap intervals over points.
-- `logistic_factors`: logistic regression of correctness on factors, cluster-robust intervals, LR tests, notes on
-  confounded or constant factors.
+- `logistic_factors`: logistic regression of correctness on factors, cluster-robust intervals, Wald and LR tests
+  per factor, notes on confounded or constant factors; with fewer than `FEW_CLUSTERS` clusters a small-sample
+  correction (t with G − 1 df) and the LR test preferred (`few_clusters`, `preferred_test`).
 - `paired_bootstrap_diff`, `mcnemar_exact`: paired comparison of two 0/1 arrays.
 - `correlation`: Pearson and Spearman with n.
 """
@@ -21,6 +22,8 @@ import pandas as pd
 from scipy import optimize, stats
 
 MIN_RD_POINTS = 5
+#: below this many clusters the cluster-robust (sandwich) covariance is biased low and its Wald tests over-reject
+FEW_CLUSTERS = 20
 
 
 # ----------------------------------------------------------------------------- rate–distortion
@@ -263,6 +266,37 @@ class LRTest:
 
 
 @dataclass(frozen=True)
+class WaldTest:
+    """Joint Wald test that all of one factor's coefficients are 0 (cluster-robust covariance): chi2 with df
+    columns, or F(df, G − 1) with the small-sample correction (`kind` "chi2" or "F")."""
+
+    factor: str
+    stat: float
+    df: int
+    p: float
+    kind: str
+
+
+def few_clusters(n_clusters: int, threshold: int = FEW_CLUSTERS) -> bool:
+    """Whether `n_clusters` is too few for cluster-robust Wald inference (≥ 2 and below `threshold`)."""
+    return 2 <= int(n_clusters) < int(threshold)
+
+
+def preferred_test(n_clusters: int, robust: bool) -> str:
+    """ "LR" with few clusters (the Wald tests over-reject there) or without clusters, else "Wald"."""
+    return "LR" if not robust or few_clusters(n_clusters) else "Wald"
+
+
+def few_clusters_note(n_clusters: int) -> str:
+    """The report's warning for `few_clusters`."""
+    return (
+        f"only {n_clusters} clusters (fewer than {FEW_CLUSTERS}): cluster-robust Wald tests over-reject with few "
+        f"clusters (a Wald p of 0.0003 can sit beside an LR p of 0.5). Intervals and Wald p-values here use the "
+        f"small-sample correction (t and F with {n_clusters - 1} = G − 1 df); read the LR test first."
+    )
+
+
+@dataclass(frozen=True)
 class LogitResult:
     """`logistic_factors` output. `ok` False means no model was fitted; `notes` say why and flag confounding."""
 
@@ -275,6 +309,9 @@ class LogitResult:
     lr_tests: list[LRTest] = field(default_factory=list)
     robust: bool = False
     notes: list[str] = field(default_factory=list)
+    wald_tests: list[WaldTest] = field(default_factory=list)
+    small_sample: bool = False  # t(G − 1) intervals and F(df, G − 1) Wald tests (few clusters)
+    preferred: str = "Wald"  # the test to read first: "LR" with few clusters
 
 
 def _factor_columns(df: pd.DataFrame, f: str) -> pd.DataFrame:
@@ -297,8 +334,10 @@ def _design(cols: dict[str, pd.DataFrame], factors: list[str], index: pd.Index) 
     return pd.concat(parts, axis=1)
 
 
-def _fit_logit(y: np.ndarray, x: pd.DataFrame, groups: np.ndarray | None) -> tuple[Any, list[str]]:
-    """Fit a statsmodels Logit; returns (result or None, notes from warnings/failures)."""
+def _fit_logit(
+    y: np.ndarray, x: pd.DataFrame, groups: np.ndarray | None, use_t: bool = False
+) -> tuple[Any, list[str]]:
+    """Fit a statsmodels Logit (with `use_t`: t and F with G − 1 df); returns (result or None, notes)."""
     import statsmodels.api as sm
     from statsmodels.tools.sm_exceptions import (
         ConvergenceWarning,
@@ -310,7 +349,7 @@ def _fit_logit(y: np.ndarray, x: pd.DataFrame, groups: np.ndarray | None) -> tup
     notes: list[str] = []
     kw: dict[str, Any] = {"disp": 0, "maxiter": 200}
     if groups is not None:
-        kw |= {"cov_type": "cluster", "cov_kwds": {"groups": groups}}
+        kw |= {"cov_type": "cluster", "cov_kwds": {"groups": groups}, "use_t": use_t}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -345,8 +384,10 @@ def logistic_factors(df: pd.DataFrame, outcome: str, factors: Sequence[str], clu
     """Logit of a 0/1 `outcome` on `factors` (non-numeric columns are categorical), clustered by `cluster`.
 
     Coefficients get 95% intervals from the cluster-robust covariance (by `cluster`, e.g. sample id); each
-    factor gets a likelihood-ratio test (drop it, refit, chi2 on its number of columns; the LR test assumes
-    independent rows). Constant factors are dropped with a note; factors whose columns are linear combinations
+    factor gets a joint Wald test on that covariance and a likelihood-ratio test (drop it, refit, chi2 on its
+    number of columns; the LR test assumes independent rows). With fewer than `FEW_CLUSTERS` clusters the
+    intervals and Wald tests use t / F with G − 1 df (`small_sample`), a note warns, and `preferred` is "LR".
+    Constant factors are dropped with a note; factors whose columns are linear combinations
     of the others (confounded, e.g. family and size perfectly collinear) are dropped last-first until the design
     has full rank, with a note naming them. Never raises on a singular design or a failed fit.
     """
@@ -408,11 +449,26 @@ def logistic_factors(df: pd.DataFrame, outcome: str, factors: Sequence[str], clu
     robust = groups is not None and n_clusters >= 2
     if groups is not None and not robust:
         notes.append("only one cluster: intervals are not cluster-robust")
+    small = robust and few_clusters(n_clusters)
+    if small:
+        notes.append(few_clusters_note(n_clusters))
     x = _design(cols, used, data.index)
-    res, fit_notes = _fit_logit(y, x, groups if robust else None)
+    res, fit_notes = _fit_logit(y, x, groups if robust else None, use_t=small)
     notes += fit_notes
     if res is None:
         return LogitResult(False, n, n_clusters, used, dropped, robust=False, notes=notes)
+    wald: list[WaldTest] = []
+    names = list(x.columns)
+    for f in used:
+        idx = [names.index(str(c)) for c in cols[f].columns]
+        restrict = np.eye(len(names))[idx]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                w = res.wald_test(restrict, scalar=True, use_f=small)
+        except (ValueError, np.linalg.LinAlgError):
+            continue
+        wald.append(WaldTest(f, float(w.statistic), len(idx), float(w.pvalue), "F" if small else "chi2"))
     ci = np.asarray(res.conf_int(0.05))
     coefs = [
         Coef(str(t), float(res.params.iloc[k]), float(ci[k, 0]), float(ci[k, 1]), float(res.pvalues.iloc[k]))
@@ -430,4 +486,5 @@ def logistic_factors(df: pd.DataFrame, outcome: str, factors: Sequence[str], clu
         lr.append(LRTest(f, stat, dof, float(stats.chi2.sf(stat, dof))))
     if any(not math.isfinite(c.lo) or not math.isfinite(c.hi) for c in coefs):
         notes.append("some intervals are not finite")
-    return LogitResult(True, n, n_clusters, used, dropped, coefs, lr, robust, notes)
+    return LogitResult(True, n, n_clusters, used, dropped, coefs, lr, robust, notes, wald, small,
+                       preferred_test(n_clusters, robust))
