@@ -550,3 +550,216 @@ def test_analyze_modules_import_no_private_names():
                     bad += [f"{path.relative_to(root)}: {node.module}.{a.name}" for a in node.names
                             if a.name.startswith("_")]  # fmt: skip
     assert not bad, bad
+
+
+# ----------------------------------------------------------------------------- plots, labels, HTML, cost, examples
+
+
+def test_line_figure_shows_every_series_with_a_marker_dodged_with_size_ticks(tmp_path):
+    """Three series on the same x (they used to hide under each other): each has its own marker, they sit at
+    different x (dodged), the legend lists exactly the series and reference lines, ticks read 135M / 0.5B / 1.5B,
+    and PNG, SVG and PDF are written."""
+    from harness.analyze.render import RefLine, dodge_factors, line_figure, line_plot
+
+    xs = [1.35e8, 5e8, 1.5e9]
+    series = {name: [(x, 0.5, 0.4, 0.6) for x in xs] for name in ("a", "b", "c")}
+    refs = [RefLine("full-context → p", 0.9, 0.8, 0.95), RefLine("no-context → p", 0.1, None, None, ":")]
+    fig = line_figure(series, "compressor parameters", "accuracy", "t", refs=refs, ylim=(-0.02, 1.02))
+    ax = fig.axes[0]
+    conts = ax.containers
+    assert len(conts) == 3
+    markers = [c.lines[0].get_marker() for c in conts]
+    assert all(m not in (None, "None", "", " ") for m in markers) and len(set(markers)) == 3
+    x_at_first = [c.lines[0].get_xdata()[0] for c in conts]
+    assert len(set(x_at_first)) == 3  # dodged apart, all near 135M
+    assert np.allclose(x_at_first, np.array(xs[0]) * dodge_factors(3))
+    assert all(c.has_yerr for c in conts)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert sorted(legend) == sorted(["a", "b", "c", "full-context → p", "no-context → p"])
+    # the legend sits off the data: to the right of the axes
+    assert ax.get_legend().get_bbox_to_anchor().x0 > ax.bbox.x1
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["135M", "0.5B", "1.5B"]
+    assert ax.get_ylim() == pytest.approx((-0.02, 1.02))
+    files = line_plot(tmp_path / "x.png", series, "x", "y", "t")
+    assert [f.name for f in files] == ["x.png", "x.svg", "x.pdf"]
+    assert all(f.stat().st_size > 1000 for f in files)
+    assert (tmp_path / "x.pdf").read_bytes()[:5] == b"%PDF-" and b"<svg" in (tmp_path / "x.svg").read_bytes()
+
+
+def test_mi_plot_has_ceiling_and_ci_bars_and_rd_plot_has_both_intervals(tmp_path):
+    """The MI plot of the planted store draws the log2 N line and error bars from 0; each R–D plot has error bars
+    on R and on D, D on [0, 1], one legend entry per compressor; every PNG has its SVG and PDF."""
+    from harness.analyze.render import RDPoint, rd_figure
+    from harness.analyze.stats import fit_rate_distortion
+
+    url = str(tmp_path / "p.db")
+    build_store(url)
+    rep = build_report(url, tmp_path / "rep", n_boot=20)
+    for png in rep.plots:
+        assert png.with_suffix(".svg") in rep.files and png.with_suffix(".pdf") in rep.files
+        assert png.with_suffix(".svg").stat().st_size > 1000 and png.with_suffix(".pdf").stat().st_size > 1000
+    md = rep.path.read_text()
+    assert "| syn | smollm2-135m | proxy-scorer | conditional | r1 | 10 | 2 | 1.00 [pop 0.80, 1.20] | 3.32 | - |" in md
+    pts = [RDPoint(f"c{i}", r, r - 0.2, r + 0.2, d, max(d - 0.1, 0), min(d + 0.1, 1)) for i, (r, d) in
+           enumerate([(1.0, 0.7), (2.0, 0.4), (3.0, 0.2)])]  # fmt: skip
+    fig = rd_figure(pts, fit_rate_distortion([1, 2, 3], [0.7, 0.4, 0.2]), "t", ceiling=np.log2(10))
+    ax = fig.axes[0]
+    assert len(ax.containers) == 3 and all(c.has_xerr and c.has_yerr for c in ax.containers)
+    assert ax.get_ylim() == pytest.approx((-0.02, 1.02)) and ax.get_xlim()[0] == 0.0
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[:1] == ["log2 N = 3.32 bits"] or "log2 N = 3.32 bits" in legend
+    assert {"c0", "c1", "c2"} <= set(legend)
+
+
+def test_html_report_is_one_self_contained_file(tmp_path):
+    """report.html sits beside report.md, holds every plot inline (SVG data URIs) and no external reference."""
+    import re as _re
+
+    url = str(tmp_path / "p.db")
+    build_store(url)
+    rep = build_report(url, tmp_path / "rep", n_boot=20)
+    assert rep.html == rep.folder / "report.html"
+    html = rep.html.read_text()
+    assert html.startswith("<!DOCTYPE html>") and "<table>" in html and "<h2>Cells</h2>" in html
+    srcs = _re.findall(r'<img src="([^"]*)"', html)
+    assert len(srcs) == len(rep.plots) >= 6
+    assert all(s.startswith("data:image/svg+xml;base64,") for s in srcs)
+    assert not _re.search(r'(src|href)="(?!data:|#)', html)  # no file, http or other external reference
+    assert "http://" not in html and "https://" not in html and "<link" not in html and "<script" not in html
+    # the cell labels and numbers are the markdown's
+    assert "smollm2-135m → qwen2.5-coder-3b" in html and "0.333 [0.12, 0.65]" in html
+
+
+def test_cached_rerun_costs_nothing_actual_and_keeps_the_as_if_uncached_cost(tmp_path):
+    """Run r2 reads the compressions r1 made (from the store) and gets its answers from the response cache: its
+    actual seconds, FLOPs and dollars are 0, and the as-if-uncached cost is r1's."""
+    url = str(tmp_path / "c.db")
+    with Store.open(url) as st:
+        comp = st.model_id(_ident("smollm2-135m"))
+        pred = st.model_id(_ident("qwen2.5-coder-0.5b"))
+        st.add_samples(TASK, [Sample(f"s{i}", "q?", (Document("d", "t"),), ("1",)) for i in range(3)])
+        for run, cached in (("r1", False), ("r2", True)):
+            st.start_run(run_id=run, package_versions={})
+            st.upsert_cell(cell_id=f"{run}/c", run_id=run, task=TASK, predictor_model_id=pred, arm="compressed",
+                           compressor_model_id=comp)  # fmt: skip
+            for i in range(3):
+                cid = st.add_compression(compressor_model_id=comp, task=TASK, sample_id=f"s{i}", knob_hash="k",
+                                         text="z", n_tokens=5, context_tokens=50, run_id="r1",
+                                         usage=Usage(50, 5, 2.0) if run == "r1" else None, flops=1e9,
+                                         dollars=0.01)  # fmt: skip
+                pid = st.add_prediction(cell_id=f"{run}/c", sample_id=f"s{i}", arm="compressed", text="1",
+                                        compression_id=cid, usage=Usage(20, 1, 0.5, cached=cached), flops=2e8,
+                                        dollars=0.002)  # fmt: skip
+                st.add_score(prediction_id=pid, metric="em", value=1.0, correct=True)
+            st.finish_run(run)
+    rep = build_report(url, tmp_path / "rep", n_boot=10)
+    c = rep.cells.set_index("cell_id")
+    assert c.loc["r1/c", "flops_actual"] == pytest.approx(3 * 1e9 + 3 * 2e8)
+    assert c.loc["r1/c", "seconds_actual"] == pytest.approx(3 * 2.0 + 3 * 0.5)
+    for k in ("seconds_actual", "flops_actual", "dollars_actual"):
+        assert c.loc["r2/c", k] == 0, k
+    assert c.loc["r2/c", "flops"] == pytest.approx(c.loc["r1/c", "flops"])
+    assert c.loc["r2/c", "dollars"] == pytest.approx(3 * 0.01 + 3 * 0.002)
+    cost = _table(rep.path.read_text(), "| cell | calls |")
+    r2 = cost[c.loc["r2/c", "label"]]
+    assert (r2["seconds actual"], r2["FLOPs actual"], r2["$ actual"]) == ("0.0", "0", "0")
+    assert r2["FLOPs as if uncached"] == "3.600e+09" and r2["calls"] == "6 (6 cached)"
+    assert c.loc["r1/c", "label"] != c.loc["r2/c", "label"]  # the same pair in two runs: told apart by run
+
+
+def test_examples_are_seeded_and_show_prompts_where_stored(tmp_path):
+    """The examples section shows the same seeded samples for every cell and on every rebuild, independent of row
+    order; a stored prompt is shown, a missing one (NULL prompt_json) is left out."""
+    from harness.analyze.examples import pick_samples, prompt_text
+
+    ids = [f"s{i}" for i in range(20)]
+    assert pick_samples(ids, 3, seed=1) == pick_samples(list(reversed(ids)), 3, seed=1)
+    assert pick_samples(ids, 3, seed=1) != pick_samples(ids, 3, seed=2)
+    assert len(pick_samples(ids, 3)) == 3 and pick_samples(ids, 30) == pick_samples(ids, 20)
+    assert prompt_text('{"messages": [{"role": "user", "content": "hi"}]}') == "[user]\nhi"
+    assert prompt_text(None) is None
+    url = str(tmp_path / "e.db")
+    with Store.open(url) as st:
+        st.start_run(run_id="e", package_versions={})
+        comp = st.model_id(_ident("smollm2-135m"))
+        pred = st.model_id(_ident("qwen2.5-coder-0.5b"))
+        st.add_samples(TASK, [Sample(f"s{i}", f"question {i}?", (Document("d", "t"),), (str(i),)) for i in range(8)])
+        st.upsert_cell(cell_id="e/c", run_id="e", task=TASK, predictor_model_id=pred, arm="compressed",
+                       compressor_model_id=comp)  # fmt: skip
+        st.upsert_cell(cell_id="e/n", run_id="e", task=TASK, predictor_model_id=pred, arm="no-context")
+        for i in range(8):
+            cid = st.add_compression(compressor_model_id=comp, task=TASK, sample_id=f"s{i}", knob_hash="",
+                                     text=f"summary <b>{i}</b>", n_tokens=4, run_id="e",
+                                     prompt={"messages": [{"role": "user", "content": f"COMPRESS-PROMPT-{i}"}]})
+            p1 = st.add_prediction(cell_id="e/c", sample_id=f"s{i}", arm="compressed", text=str(i), compression_id=cid,
+                                   prompt={"messages": [{"role": "user", "content": f"PREDICT-PROMPT-{i}"}]})
+            p2 = st.add_prediction(cell_id="e/n", sample_id=f"s{i}", arm="no-context", text="x")  # no prompt stored
+            st.add_score(prediction_id=p1, metric="em", value=1.0, correct=True)
+            st.add_score(prediction_id=p2, metric="em", value=0.0, correct=False)
+    md1 = build_report(url, tmp_path / "a", n_boot=10, seed=3).path.read_text()
+    md2 = build_report(url, tmp_path / "b", n_boot=10, seed=3).path.read_text()
+    ex1, ex2 = md1.split("## Examples", 1)[1], md2.split("## Examples", 1)[1]
+    assert ex1.split("## Files")[0] == ex2.split("## Files")[0]
+    chosen = pick_samples([f"s{i}" for i in range(8)], 3, seed=3)
+    assert re.findall(r"^### `(s\d)`", ex1, re.M) == chosen
+    for sid in chosen:
+        i = sid[1:]
+        assert f"- question: question {i}?" in ex1 and f"COMPRESS-PROMPT-{i}" in ex1 and f"PREDICT-PROMPT-{i}" in ex1
+        assert f"| smollm2-135m → qwen2.5-coder-0.5b | summary &lt;b>{i}&lt;/b> (4 tok) | {i} | correct |" in ex1
+        assert "| no-context → qwen2.5-coder-0.5b | - | x | wrong |" in ex1
+    assert ex1.count("predictor prompt") == 3  # the no-context cell stored none
+    html = (tmp_path / "a" / "report.html").read_text()
+    assert "<b>" not in html and "<details>" in html  # model text is escaped, the folded prompts are kept
+
+
+# ----------------------------------------------------------------------------- few clusters
+
+
+def _clustered(n_clusters: int, per: int, seed: int = 0) -> pd.DataFrame:
+    """Outcome with a cluster effect, a cluster-level factor `z` with no effect, and a row-level factor `x`."""
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(n_clusters), per)
+    u = rng.normal(0, 1.5, n_clusters)[g]
+    z = (np.arange(n_clusters) % 2)[g].astype(float)
+    x = rng.normal(size=g.size)
+    y = (rng.random(g.size) < 1 / (1 + np.exp(-(u + 0.8 * x)))).astype(int)
+    return pd.DataFrame({"y": y, "x": x, "z": z, "g": g})
+
+
+def test_few_clusters_use_small_sample_inference_and_prefer_the_lr_test():
+    """With 6 clusters: a warning, Wald p-values from t / F with G − 1 = 5 df (larger than the normal ones), and
+    the LR test preferred; with 40 clusters: none of that."""
+    import statsmodels.api as sm
+    from scipy import stats as sps
+
+    from harness.analyze.stats import FEW_CLUSTERS, few_clusters, logistic_factors, preferred_test
+
+    assert few_clusters(6) and few_clusters(FEW_CLUSTERS - 1) and not few_clusters(FEW_CLUSTERS)
+    assert not few_clusters(1) and preferred_test(6, True) == "LR" and preferred_test(40, True) == "Wald"
+    d = _clustered(6, 30)
+    res = logistic_factors(d, "y", ["x", "z"], "g")
+    assert res.ok and res.n_clusters == 6 and res.small_sample and res.preferred == "LR"
+    assert any("only 6 clusters (fewer than 20)" in n for n in res.notes)
+    plain = sm.Logit(d["y"], sm.add_constant(d[["x", "z"]])).fit(disp=0, cov_type="cluster",
+                                                                 cov_kwds={"groups": d["g"]})  # fmt: skip
+    for c in res.coefs[1:]:
+        se = plain.bse[c.term]
+        assert c.p == pytest.approx(2 * sps.t.sf(abs(c.coef / se), 5), rel=1e-6)
+        assert c.p > plain.pvalues[c.term]  # the correction only widens
+    wald = {w.factor: w for w in res.wald_tests}
+    assert wald["z"].kind == "F" and wald["z"].p == pytest.approx(res.coefs[2].p, rel=1e-6)  # F(1, 5) = t(5)²
+    assert {t.factor for t in res.lr_tests} == {"x", "z"}
+    many = logistic_factors(_clustered(40, 8), "y", ["x", "z"], "g")
+    assert not many.small_sample and many.preferred == "Wald" and {w.kind for w in many.wald_tests} == {"chi2"}
+    assert not any("clusters (fewer than" in n for n in many.notes)
+
+
+def test_report_warns_on_few_clusters(tmp_path):
+    """The planted store has 10 samples (clusters): the factor section warns and names the LR test first."""
+    url = str(tmp_path / "p.db")
+    build_store(url)
+    sec = build_report(url, tmp_path / "rep", n_boot=10).path.read_text().split("## Factor importance", 1)[1]
+    assert "**Few clusters:** only 10 clusters (fewer than 20)" in sec
+    assert "| factor | LR chi2 | df | LR p | Wald F(df, 9) p |" in sec
+    assert "Read first: the LR test" in sec
