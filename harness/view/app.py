@@ -76,7 +76,8 @@ def create_app(view: StoreView) -> FastAPI:
     def plots(request: Request, render: int = 0) -> HTMLResponse:
         if render and view.plot_dir() is None:
             view.render_plots(Path(tmp.name))
-        return page(request, "plots.html", {"plots": view.plots(), "folder": view.plot_dir()})
+        ctx = {"plots": view.plots(), "folder": view.plot_dir(), "rendered": view.rendered is not None}
+        return page(request, "plots.html", ctx)
 
     @app.get("/plots/file/{name}")
     def plot_file(name: str) -> FileResponse:

@@ -107,6 +107,8 @@ def prompt_messages(prompt_json: Any) -> list[Message] | None:
     if isinstance(p, dict):
         if isinstance(p.get("messages"), list):
             p = p["messages"]
+        elif "context" in p:  # a compressor without a request (python/, filter/): its question and context
+            return [Message(k, str(p[k])) for k in ("question", "context") if p.get(k) is not None]
         elif isinstance(p.get("prompt"), str) or isinstance(p.get("text"), str):
             return [Message("prompt", str(p.get("prompt", p.get("text"))))]
         else:
@@ -191,7 +193,7 @@ def build_context(meta: dict[str, Any], answers: list[str], compressor_prompt: l
             docs.append(ContextDoc(str(did), spans))
         return Context(docs, "sample meta (doc_sentences)", "supporting sentences")
     if compressor_prompt:
-        user = [m for m in compressor_prompt if m.role in ("user", "prompt", "")] or compressor_prompt
+        user = [m for m in compressor_prompt if m.role in ("context", "user", "prompt", "")] or compressor_prompt
         return Context([ContextDoc("compressor prompt", mark_answers(user[-1].content, answers))],
                        "compressor prompt", "gold answers")
     return Context([], "", "")
@@ -220,7 +222,7 @@ class StoreView:
         self.report_dir = Path(report_dir) if report_dir is not None else None
         self._lock = threading.Lock()
         self._loaded: Loaded | None = None
-        self._rendered: Path | None = None
+        self.rendered: Path | None = None  # the folder `render_plots` wrote, once it has run
         with self.store() as st:  # fail now (one line) on a bad path or URL, not on the first page
             st.schema_version()
 
@@ -512,7 +514,7 @@ class StoreView:
         rendered on request (`render_plots`); None when there is none yet."""
         from harness.analyze.report import default_out_dir
 
-        for d in (self.report_dir, default_out_dir(self.url), self._rendered):
+        for d in (self.report_dir, default_out_dir(self.url), self.rendered):
             if d is not None and d.is_dir() and any(p.suffix in PLOT_SUFFIXES for p in d.iterdir()):
                 return d
         return None
@@ -532,7 +534,7 @@ class StoreView:
 
         with self._lock:
             build_report(self.url, folder)
-            self._rendered = folder
+            self.rendered = folder
         return folder
 
 
