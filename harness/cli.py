@@ -45,7 +45,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, _parse_set(args.set))
     if cfg.sweep is not None:
         raise UserError(f"{args.config} has a 'sweep' section; run it with `harness sweep {args.config}`")
-    summary = run(cfg, quiet=args.quiet)
+    from harness.progress import run_progress
+
+    with run_progress(planned_run_stages(cfg)):
+        summary = run(cfg, quiet=args.quiet)
     print(
         f"# {summary['name']}: task {summary['task']}, {summary['n_samples']} samples, "
         f"{summary['wall_seconds']:.0f} s, model loads {summary['model_loads']}, model calls {summary['model_calls']}"
@@ -58,6 +61,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         n = sum(r["errors"] for r in rows)
         return _nothing_succeeded(f"all {n} rows are errors", summary.get("first_error"))
     return 0
+
+
+def planned_run_stages(cfg: Any) -> int:
+    """How many stages (progress bars) `harness run` opens for `cfg`: compress, MI by the compressor itself, MI
+    by the scorer model, predict."""
+    mi = cfg.mi
+    compress = "compressed" in cfg.arms or mi is not None
+    n = int(compress) + 1
+    if compress and mi is not None:
+        n += int("self" in mi.scorers) + int("scorer" in mi.scorers and cfg.models.scorer is not None)
+    return n
 
 
 def _nothing_succeeded(what: str, first_error: str | None) -> int:
@@ -83,7 +97,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         d = dry_run(cfg, retry_errors=args.retry_errors)
         print(json.dumps(d, indent=2, default=str) if args.json else format_dry_run(d), end="\n" if args.json else "")
         return 0
-    out = run_sweep(cfg, retry_errors=args.retry_errors, quiet=args.quiet)
+    from harness.progress import run_progress
+
+    with run_progress(None):  # the stages a sweep runs depend on the leases it wins: "stage k", no n
+        out = run_sweep(cfg, retry_errors=args.retry_errors, quiet=args.quiet)
     new = ", ".join(f"{k} {v}" for k, v in sorted(out["new_rows"].items())) or "none"
     print(
         f"# sweep {out['name']}: {out['cells']} cells, {out['wall_seconds']:.0f} s, model loads {out['model_loads']}, "
@@ -99,14 +116,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_models_list(args: argparse.Namespace) -> int:
     from harness.backends import packs
+    from harness.console import print_table
 
     rows = packs.list_packs()
-    print(f"{'alias':<20} {'params':>6} {'MB':>6} {'instruct':>8} {'present':>8} {'safetensors':>11}  path")
-    for r in rows:
-        print(
-            f"{r['alias']:<20} {r['params']:>6} {r['size_mb']:>6} {r['instruct']!s:>8} "
-            f"{'yes' if r['present'] else 'no':>8} {'yes' if r['safetensors'] else 'no':>11}  {r['path']}"
-        )
+    yes = {True: "yes", False: "no"}
+    print_table(["alias", "params", "MB", "instruct", "present", "safetensors", "path"],
+                [[r["alias"], r["params"], r["size_mb"], str(r["instruct"]), yes[bool(r["present"])],
+                  yes[bool(r["safetensors"])], r["path"]] for r in rows], numeric=("params", "MB"), no_wrap=("alias",))
     print(f"cache: {packs.cache_dir()}  (set HARNESS_CACHE to move it)")
     return 0
 
@@ -173,7 +189,74 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     check_store_url(args.store, "store", must_exist=True, write=False)
 
-    print(format_comparison(compare_cells(args.store, args.cell_a, args.cell_b)))
+    from harness.console import table_text
+
+    c = compare_cells(args.store, args.cell_a, args.cell_b, metric=args.metric)
+    print(format_comparison(c, table=lambda h, rows: table_text(h, rows, numeric=h[1:])))
+    if args.show:
+        from harness.analyze.compare import format_discordant
+
+        print()
+        print(format_discordant(c, args.show, seed=args.seed))
+    return 0
+
+
+def cmd_cells(args: argparse.Namespace) -> int:
+    from harness.analyze.cells import cells_table
+    from harness.analyze.frames import load_cells
+    from harness.console import print_table
+    from harness.preflight import check_store_url
+
+    check_store_url(args.store, "store", must_exist=True, write=False)
+    cells = load_cells(args.store, run_id=args.run, metric=args.metric)
+    if cells.empty:
+        print("no cells" + (f" in run {args.run}" if args.run else ""))
+        return 0
+    headers, rows = cells_table(cells)
+    if args.ids:  # one full cell id a line, for scripts
+        print("\n".join(r[-1] for r in rows))
+        return 0
+    print_table(headers, rows, numeric=("n", "errors", "MI bits"), no_wrap=("id",))
+    print(f"{len(rows)} cells; any command that takes a cell accepts its id, a unique prefix of it, or the short id")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness.preflight import check_store_url
+    from harness.results import export
+
+    check_store_url(args.store, "store", must_exist=True, write=False)
+    out = Path(args.out) if args.out else Path("results") / f"export-{Path(str(args.store)).stem or 'store'}"
+    paths = export(args.store, out, fmt=args.format)
+    print(f"exported {len(paths)} tables as {args.format} to {out}")
+    return 0
+
+
+def cmd_rescore(args: argparse.Namespace) -> int:
+    from harness.analyze.cells import short_ids
+    from harness.analyze.rescore import rescore, rescore_table
+    from harness.console import print_table
+    from harness.preflight import check_store_url
+
+    check_store_url(args.store, "store", must_exist=True, write=not args.dry_run)
+    r = rescore(args.store, args.metric, store_as=args.store_as, cells=args.cell, dry_run=args.dry_run)
+    headers, rows = rescore_table(r, short_ids(c.cell_id for c in r.cells))
+    print_table(headers, rows, numeric=headers[3:-1], no_wrap=("id",))
+    new, differ = r.total("new"), r.total("differ")
+    w2r, r2w = r.total("wrong_to_right"), r.total("right_to_wrong")
+    verb = "would add" if args.dry_run else "added"
+    print(f"metric {r.metric}: {verb} {new} score rows; {r.total('unchanged')} unchanged; flips against the counted "
+          f"verdicts: {w2r} wrong→right, {r2w} right→wrong")
+    if differ:
+        print(f"note: {differ} stored scores under the same name differ from the rescore and were kept (never "
+              "overwritten); store the rescore beside them with --as NAME")
+    if r.counted_change:
+        short = short_ids(c.cell_id for c in r.cells)
+        moved = ", ".join(f"{short[c]} ({was} → {now})" for c, (was, now) in r.counted_change.items())
+        print(f"note: the counted metric (the judge's, else the first by name) changed in {moved}; choose it with "
+              "--metric in `harness cells` and `harness compare`")
     return 0
 
 
@@ -210,12 +293,12 @@ def cmd_tasks_list(args: argparse.Namespace) -> int:
 
 
 def cmd_configs_list(args: argparse.Namespace) -> int:
+    from harness.console import print_table
     from harness.resources import config_catalog
 
     rows = config_catalog()
-    w = max(len(r["name"]) for r in rows)
-    for r in rows:
-        print(f"{r['name']:<{w}}  {r['kind']:<5}  {r['task'] or '-':<18}  {r['description']}")
+    print_table(["name", "kind", "task", "description"],
+                [[r["name"], r["kind"], r["task"] or "-", r["description"]] for r in rows], no_wrap=("name",))
     print("copy one: harness configs show NAME > my.yaml, then harness run my.yaml (a sweep: harness sweep my.yaml)")
     return 0
 
@@ -229,6 +312,7 @@ def cmd_configs_show(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description="Evaluate compressor–predictor LLM systems.")
+    p.add_argument("--version", action="version", version=_version_text())
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run one YAML config")
     r.add_argument("config")
@@ -259,7 +343,32 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("store")
     cp.add_argument("cell_a")
     cp.add_argument("cell_b")
+    cp.add_argument("--show", type=int, default=0, metavar="N",
+                    help="also print N discordant samples (question, both answers, gold, which was right)")
+    cp.add_argument("--seed", type=int, default=0, help="seed of the draw of --show samples (default 0)")
+    cp.add_argument("--metric", default=None, metavar="NAME", help="count this metric's scores where stored "
+                    "(e.g. one `harness rescore` added; default: the judge's, else the first metric by name)")
     cp.set_defaults(fn=cmd_compare)
+    ce = sub.add_parser("cells", help="the cells of a results store with short ids (any cell argument takes them)")
+    ce.add_argument("store", help="results store: a SQLite file or a postgresql:// URL")
+    ce.add_argument("--run", default=None, metavar="RUN_ID", help="only this run's cells")
+    ce.add_argument("--ids", action="store_true", help="print only the full cell ids, one a line")
+    ce.add_argument("--metric", default=None, metavar="NAME", help="count this metric's scores where stored")
+    ce.set_defaults(fn=cmd_cells)
+    ex = sub.add_parser("export", help="every results table and the predictions view as Parquet or CSV files")
+    ex.add_argument("store", help="results store: a SQLite file or a postgresql:// URL")
+    ex.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="file format (default parquet)")
+    ex.add_argument("--out", default=None, metavar="DIR", help="output folder (default results/export-<store name>)")
+    ex.set_defaults(fn=cmd_export)
+    rs = sub.add_parser("rescore", help="score the stored answers again with a new or fixed metric (no model call)")
+    rs.add_argument("store", help="results store: a SQLite file or a postgresql:// URL")
+    rs.add_argument("--metric", default="auto", help="auto (the task's own metric), exact_match, token_f1, "
+                    "numeric_match, mc_accuracy or contains (default auto)")
+    rs.add_argument("--as", dest="store_as", default=None, metavar="NAME",
+                    help="store the scores under this metric name (default the metric's own name)")
+    rs.add_argument("--cell", action="append", default=[], metavar="CELL", help="only this cell (repeatable)")
+    rs.add_argument("--dry-run", action="store_true", help="count what would change; write nothing")
+    rs.set_defaults(fn=cmd_rescore)
     vw = sub.add_parser("view", help="read-only web viewer of a results store on 127.0.0.1",
                         description="Serve a read-only viewer of STORE (grid, cells, samples, comparisons, plots) on "
                         "127.0.0.1. Example: harness view results/sweep-small.db --port 8765 --no-browser")
@@ -287,7 +396,79 @@ def build_parser() -> argparse.ArgumentParser:
     mf.add_argument("alias", nargs="+")
     mf.add_argument("--safetensors", action="store_true", help="also save a bf16 safetensors copy (fast loads)")
     mf.set_defaults(fn=cmd_models_fetch)
+    for sp in (r, sw, rt):
+        sp.add_argument("-v", "--verbose", action="store_true",
+                        help="show the libraries' warnings and weight-loading bars (hidden by default)")
+    _add_examples(p)
     return p
+
+
+def _version_text() -> str:
+    """`harness 0.1.0 (python 3.x)`."""
+    import platform
+
+    from harness import __version__
+
+    return f"harness {__version__} (python {platform.python_version()})"
+
+
+# an example for every subcommand's --help (by its path of names)
+EXAMPLES: dict[str, str] = {
+    "run": "harness run configs/quickstart.yaml --set task.size=4",
+    "sweep": "harness sweep configs/sweep-small.yaml --dry-run",
+    "retrieve": "harness retrieve my-rag.yaml --set retrieval.top_k=10",
+    "tune-filter": "harness tune-filter my-filter.yaml --objective ib --max-rate 0.3",
+    "report": "harness report results/store.db --out results/report",
+    "compare": "harness compare results/store.db 3fa9c1 b07e22 --show 5   (short ids from `harness cells`)",
+    "view": "harness view results/store.db --port 8765 --no-browser",
+    "cells": "harness cells results/store.db --run 20261130-005040-4a5eb7",
+    "export": "harness export results/store.db --format csv --out results/csv",
+    "rescore": "harness rescore results/store.db --metric contains --dry-run",
+    "tasks": "harness tasks list",
+    "tasks list": "harness tasks list | less",
+    "configs": "harness configs show quickstart > my.yaml",
+    "configs list": "harness configs list",
+    "configs show": "harness configs show quickstart > my.yaml",
+    "models": "harness models fetch smollm2-135m --safetensors",
+    "models list": "harness models list",
+    "models fetch": "harness models fetch smollm2-135m qwen2.5-coder-0.5b --safetensors",
+}
+
+
+def _add_examples(p: argparse.ArgumentParser, path: str = "") -> None:
+    """Put `EXAMPLES[path]` as the epilog of every subcommand (keeping its line breaks)."""
+    for action in p._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for name, sp in action.choices.items():
+            key = f"{path} {name}".strip()
+            if key in EXAMPLES and not sp.epilog:
+                sp.epilog = f"example:\n  {EXAMPLES[key]}"
+                sp.formatter_class = argparse.RawDescriptionHelpFormatter
+            _add_examples(sp, key)
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Keep transformers' warnings, deprecation notices and weight-loading bars out of a run's output unless
+    `verbose` (env vars for libraries not imported yet; their switches for those already imported)."""
+    if verbose:
+        return
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for cat in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=cat)
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as tf_logging
+
+        tf_logging.set_verbosity_error()
+        tf_logging.disable_progress_bar()
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
 
 
 _RESUME = {
@@ -303,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "quiet", False):  # -q: no progress bars, the datasets library's included
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    if hasattr(args, "verbose"):  # the commands that load models
+        quiet_libraries(args.verbose)
     try:
         return args.fn(args)
     except UserError as e:

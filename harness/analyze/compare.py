@@ -11,6 +11,7 @@ and store per-context terms, a paired test of the MI difference over the context
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from harness.analyze import stats
+from harness.analyze.cells import resolve_cell
 from harness.analyze.frames import cell_frame, is_null, mean_or_none, sample_status
 from harness.analyze.render import fmt, md_table
 from harness.errors import UserError
@@ -61,6 +63,8 @@ class Comparison:
     mi: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     mi_paired: PairedMIDifference | None = None
     notes: list[str] = field(default_factory=list)
+    # the pairs with a verdict on both sides that disagree: sample_id, question, gold, prediction_a/_b, correct_a/_b
+    discordant: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _per_pair_values(p: pd.DataFrame) -> pd.DataFrame:
@@ -119,22 +123,19 @@ def paired_mi(frames: dict[str, pd.DataFrame], mi_a: Any, mi_b: Any, n_boot: int
     return res, note
 
 
-def compare_cells(url: str | Path, cell_a: str, cell_b: str, n_boot: int = 2000, seed: int = 0) -> Comparison:
-    """Paired comparison of two cells of the store at `url` (unknown cell id → UserError)."""
+def compare_cells(url: str | Path, cell_a: str, cell_b: str, n_boot: int = 2000, seed: int = 0,
+                  metric: str | None = None) -> Comparison:
+    """Paired comparison of two cells of the store at `url`; a cell is named by its id, a unique prefix of it or its
+    short id (unknown or ambiguous → UserError). Verdicts by `metric` where stored (see `prediction_frame`)."""
     from harness.results import load
     from harness.store.redact import redact_url
 
     frames = load(url)
-    known = set(frames["cells"]["cell_id"])
-    for c in (cell_a, cell_b):
-        if c not in known:
-            hint = ", ".join(sorted(known)[:5]) or "none"
-            raise UserError(
-                f"unknown cell {c!r} in {redact_url(str(url))} (cells: {hint}{', ...' if len(known) > 5 else ''})"
-            )
+    known = list(frames["cells"]["cell_id"])
+    cell_a, cell_b = (resolve_cell(c, known, redact_url(str(url))) for c in (cell_a, cell_b))
     if cell_a == cell_b:
         raise UserError(f"compare needs two different cells; got {cell_a!r} twice")
-    cells, preds, _ = cell_frame(frames)
+    cells, preds, _ = cell_frame(frames, metric=metric)
     ca = cells[cells["cell_id"] == cell_a].iloc[0]
     cb = cells[cells["cell_id"] == cell_b].iloc[0]
     raw = frames["cells"].set_index("cell_id")
@@ -191,6 +192,7 @@ def compare_cells(url: str | Path, cell_a: str, cell_b: str, n_boot: int = 2000,
     mi_paired, note = paired_mi(frames, ca["mi_id"], cb["mi_id"], n_boot, seed)
     if note:
         notes.append(note)
+    disc = discordant_pairs(verdict, frames["samples"], str(ca["task"]))
     return Comparison(
         cell_a=ca.to_dict(),
         cell_b=cb.to_dict(),
@@ -213,7 +215,69 @@ def compare_cells(url: str | Path, cell_a: str, cell_b: str, n_boot: int = 2000,
         mi=mi,
         mi_paired=mi_paired,
         notes=notes,
+        discordant=disc,
     )
+
+
+def _gold(answers_json: Any, choices_json: Any) -> str:
+    """The gold answer as text: the aliases joined with " / " (a choice task's option text and letter)."""
+    answers = json.loads(answers_json) if isinstance(answers_json, str) and answers_json else []
+    return " / ".join(str(a) for a in answers) if answers else "-"
+
+
+def discordant_pairs(verdict: pd.DataFrame, samples: pd.DataFrame, task: str) -> pd.DataFrame:
+    """The matched pairs (both sides with a verdict) where exactly one side is right, with question and gold."""
+    cols = ["sample_id", "question", "gold", "prediction_a", "prediction_b", "correct_a", "correct_b"]
+    if verdict.empty:
+        return pd.DataFrame(columns=cols)
+    d = verdict[verdict["correct_a"].astype(bool) != verdict["correct_b"].astype(bool)]
+    s = samples[samples["task"] == task][["sample_id", "question", "answers_json", "choices_json"]]
+    d = d.merge(s, on="sample_id", how="left")
+    d["gold"] = [_gold(a, c) for a, c in zip(d["answers_json"], d["choices_json"], strict=True)]
+    d["question"] = d["question"].fillna("-")
+    for c in ("prediction_a", "prediction_b"):
+        d[c] = d[c].fillna("") if c in d else ""
+    d["correct_a"] = d["correct_a"].astype(bool)
+    d["correct_b"] = d["correct_b"].astype(bool)
+    return d[cols].sort_values("sample_id", kind="stable").reset_index(drop=True)
+
+
+def pick_discordant(c: Comparison, n: int, seed: int = 0) -> pd.DataFrame:
+    """`n` of the comparison's discordant pairs, chosen reproducibly (a seeded draw, shown in sample-id order)."""
+    d = c.discordant
+    if n <= 0 or d.empty:
+        return d.iloc[:0]
+    if len(d) > n:
+        keep = np.sort(np.random.default_rng(seed).choice(len(d), size=n, replace=False))
+        d = d.iloc[keep]
+    return d.reset_index(drop=True)
+
+
+def format_discordant(c: Comparison, n: int, seed: int = 0, width: int = 100) -> str:
+    """`n` discordant samples as text blocks: sample, question, gold, A's and B's answers and which was right."""
+    d = pick_discordant(c, n, seed)
+    total = len(c.discordant)
+    head = (f"discordant samples: {len(d)} of {total} (A right/B wrong {c.a_only}, A wrong/B right {c.b_only}; "
+            f"drawn with seed {seed})")
+    if total == 0:
+        return "discordant samples: none (A and B agree on every matched pair with a verdict)"
+
+    def one(t: Any) -> str:
+        t = " ".join(str(t).split())
+        return t if len(t) <= width else t[: width - 3] + "..."
+
+    lines = [head]
+    for r in d.itertuples(index=False):
+        right = "A" if r.correct_a else "B"
+        lines += [
+            "",
+            f"sample {r.sample_id}  ({right} right)",
+            f"  question: {one(r.question)}",
+            f"  gold:     {one(r.gold)}",
+            f"  A {'right' if r.correct_a else 'wrong'}:  {one(r.prediction_a)!r}",
+            f"  B {'right' if r.correct_b else 'wrong'}:  {one(r.prediction_b)!r}",
+        ]
+    return "\n".join(lines)
 
 
 def _d(x: float | None, y: float | None, spec: str) -> str:
@@ -240,8 +304,8 @@ def format_paired_mi(d: PairedMIDifference) -> str:
     return out
 
 
-def format_comparison(c: Comparison) -> str:
-    """A small markdown table plus the pairing counts and the test results."""
+def format_comparison(c: Comparison, table: Callable[[list[str], list[list[str]]], str] = md_table) -> str:
+    """A small table (markdown, or what `table(headers, rows)` draws) plus the pairing counts and the tests."""
     a, b = c.cell_a, c.cell_b
     lines = [
         f"A: {a['cell_id']}  ({a['arm']}, {a['compressor']} → {a['predictor']}, task {a['task']})",
@@ -266,7 +330,7 @@ def format_comparison(c: Comparison) -> str:
         rows.append([f"{label} (mean)", fmt(x, spec), fmt(y, spec), _d(x, y, "+" + spec)])
     for label, (x, y) in c.mi.items():
         rows.append([label, fmt(x, ".3f"), fmt(y, ".3f"), _d(x, y, "+.3f")])
-    lines.append(md_table(["", "A", "B", "A − B"], rows))
+    lines.append(table(["", "A", "B", "A − B"], rows))
     lines.append("")
     if c.diff is not None:
         lines.append(

@@ -131,12 +131,14 @@ def is_null(v: Any) -> bool:
     return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
 
 
-def prediction_frame(frames: dict[str, pd.DataFrame], cell_ids: Iterable[str] | None = None) -> pd.DataFrame:
+def prediction_frame(frames: dict[str, pd.DataFrame], cell_ids: Iterable[str] | None = None,
+                     metric: str | None = None) -> pd.DataFrame:
     """One row per prediction (its counted score chosen), with status and usage.
 
-    Score: the `judge` metric when present, else the first metric (by name) with a verdict, else the first with a
-    value. status: "ok" (a verdict: `correct` is set), "value" (a metric without a right answer, e.g. bits per
-    byte: only `value`), or "error" with error_stage "compress" (its compression errored), "predict" (the
+    Score: `metric` when given and stored for the prediction (e.g. one `harness rescore` added), else the `judge`
+    metric when present, else the first metric (by name) with a verdict, else the first with a value. status: "ok"
+    (a verdict: `correct` is set), "value" (a metric without a right answer, e.g. bits per byte: only `value`), or
+    "error" with error_stage "compress" (its compression errored), "predict" (the
     prediction errored) or "score" (no score stored). Usage columns: pred_* from the prediction's "predict" row,
     comp_* from its compression's "compress" row (NaN when absent).
     """
@@ -147,9 +149,10 @@ def prediction_frame(frames: dict[str, pd.DataFrame], cell_ids: Iterable[str] | 
     v["_has"] = v["correct"].notna()
     v["_val"] = v["value"].notna()
     v["_judge"] = v["metric"] == PREFERRED_METRIC
-    order = ["prediction_id", "_has", "_judge", "_val", "metric"]
-    v = v.sort_values(order, ascending=[True, False, False, False, True])
-    v = v.drop_duplicates("prediction_id", keep="first").drop(columns=["_has", "_val", "_judge"])
+    v["_chosen"] = v["metric"] == metric if metric is not None else False
+    order = ["prediction_id", "_chosen", "_has", "_judge", "_val", "metric"]
+    v = v.sort_values(order, ascending=[True, False, False, False, False, True])
+    v = v.drop_duplicates("prediction_id", keep="first").drop(columns=["_has", "_val", "_judge", "_chosen"])
     stage = pd.Series(pd.NA, index=v.index, dtype=object)
     stage[v["correct"].isna() & v["value"].isna()] = "score"
     stage[v["prediction_error"].notna()] = "predict"
@@ -443,16 +446,18 @@ def mi_fields(m: pd.Series | None, compressor_model_id: Any, infos: dict[int, Mo
 
 
 def cell_frame(
-    frames: dict[str, pd.DataFrame], run_id: str | None = None, infos: dict[int, ModelInfo] | None = None
+    frames: dict[str, pd.DataFrame], run_id: str | None = None, infos: dict[int, ModelInfo] | None = None,
+    metric: str | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, MIChoice]:
     """(one row per cell with its numbers, the prediction frame, the MI scorer choice), from the store's frames
-    (`harness.results.load`); the numbers are `summarize_cell` of each cell's `sample_status` rows."""
+    (`harness.results.load`); the numbers are `summarize_cell` of each cell's `sample_status` rows (scores by
+    `metric` where stored, see `prediction_frame`)."""
     infos = infos if infos is not None else model_infos(frames["models"])
     cells = frames["cells"]
     if run_id is not None:
         cells = cells[cells["run_id"] == run_id]
     cells = cells.sort_values(["task", "arm", "cell_id"]).reset_index(drop=True)
-    preds = prediction_frame(frames, cells["cell_id"])
+    preds = prediction_frame(frames, cells["cell_id"], metric)
     mi = pooled_mi_rows(frames)
     choice = choose_mi_scorers(mi, cells, infos)
     knobs = knob_summaries(cells["knobs_json"]) if len(cells) else []
@@ -487,11 +492,12 @@ def cell_frame(
     return df[list(CELL_COLUMNS)], preds, choice
 
 
-def load_cells(url: str | Path, run_id: str | None = None) -> pd.DataFrame:
-    """The cell table of the store at `url` (one row per cell, the columns of `CELL_COLUMNS`), `run_id`'s only."""
+def load_cells(url: str | Path, run_id: str | None = None, metric: str | None = None) -> pd.DataFrame:
+    """The cell table of the store at `url` (one row per cell, the columns of `CELL_COLUMNS`), `run_id`'s only;
+    accuracy by `metric` where stored (see `prediction_frame`)."""
     from harness.results import load
 
-    return cell_frame(load(url), run_id)[0]
+    return cell_frame(load(url), run_id, metric=metric)[0]
 
 
 # every column of the cell table, in order (those a store without MI, or without cells, would otherwise lack); the

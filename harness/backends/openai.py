@@ -18,7 +18,7 @@ import random
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
@@ -333,8 +333,13 @@ class OpenAIBackend:
             self._warn_if_chat_render_differs()
         STATS["generate_calls"] += 1
         STATS["generate_requests"] += len(requests)
+        from harness.progress import item_done
+
         with ThreadPoolExecutor(self.max_concurrency) as ex:
-            return list(ex.map(self._generate_one, requests))
+            futures = [ex.submit(self._generate_one, r) for r in requests]
+            for _ in as_completed(futures):  # the progress bar moves as each reply arrives
+                item_done()
+            return [f.result() for f in futures]
 
     # ---- chat rendering: the server's against the local template ----
     @property

@@ -255,6 +255,35 @@ class SeededSampler:
 MAX_PADDING = 0.15  # share of a scoring forward's tokens that may be padding
 
 
+class RowsDone:
+    """A stopping criterion that never stops: it tells the progress bar (`harness.progress.item_done`) as each row
+    of a batch emits an end-of-sequence token, so a bar moves per request, not per batch; `finish()` counts the
+    rows that ran to max_new_tokens."""
+
+    def __init__(self, eos_ids: set[int], rows: int):
+        self.eos = sorted(eos_ids)
+        self.rows = rows
+        self.done: set[int] = set()
+
+    def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
+        import torch
+
+        from harness.progress import item_done
+
+        ended = torch.isin(input_ids[:, -1], torch.tensor(self.eos, device=input_ids.device))
+        new = [r for r in ended.nonzero().flatten().tolist() if r not in self.done]
+        if new:
+            self.done.update(new)
+            item_done(len(new))
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    def finish(self) -> None:
+        from harness.progress import item_done
+
+        item_done(self.rows - len(self.done))
+        self.done = set(range(self.rows))
+
+
 def padded_batches(lengths: list[int], max_rows: int, max_padding: float = MAX_PADDING) -> list[list[int]]:
     """Cut items into batches of at most `max_rows` rows whose padding stays at most `max_padding` of the batch.
 
@@ -405,7 +434,7 @@ class TransformersBackend:
         whatever else shares its batch; `logprobs` are those of the full distribution at temperature 1.
         """
         import torch
-        from transformers import GenerationConfig, LogitsProcessorList
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         if not requests:
             return []
@@ -446,11 +475,13 @@ class TransformersBackend:
                 seeds = [requests[i].params.seed for i in b]
                 procs.append(SeededSampler(seeds, p.temperature, self.device, top_k=p.top_k, top_p=p.top_p))
             t = time.time()
+            rows_done = RowsDone(self.eos_ids, len(b))
             with torch.inference_mode(), _bare_generation_config(self.model):
                 res = self.model.generate(
                     input_ids=ids.to(self.device), attention_mask=att.to(self.device), generation_config=cfg,
-                    logits_processor=procs,
+                    logits_processor=procs, stopping_criteria=StoppingCriteriaList([rows_done]),
                 )
+            rows_done.finish()
             dt = (time.time() - t) / len(b)
             seqs = res.sequences[:, width:].tolist()
             for r, i in enumerate(b):

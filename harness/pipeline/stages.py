@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,10 +88,11 @@ def predict_request(backend: Any, prompts: Any, overflow: str, arm: str, sample:
 
 
 def progress_bar(total: int, desc: str, quiet: bool, leave: bool = True) -> Any:
-    """A tqdm bar on stderr (counts, elapsed and remaining time); disabled when `quiet`."""
-    from tqdm import tqdm
+    """A tqdm bar on stderr (counts, elapsed and remaining time, "stage k/n" and the run's ETA inside
+    `harness.progress.run_progress`) that backends move per finished request; off when `quiet` or not a TTY."""
+    from harness.progress import StageBar
 
-    return tqdm(total=total, desc=desc, unit="req", disable=quiet, file=sys.stderr, leave=leave)
+    return StageBar(total, desc, quiet, leave=leave)
 
 
 def run_generation_stage(

@@ -1,0 +1,268 @@
+"""The Deep-Research report section: the arms × compressors table with cost per role, the headline line
+("compressor C recovers A% [CI] of predictor-only accuracy at B% of its predictor cost"), the cost–accuracy frontier
+plot across compressor sizes, early stops, and whether the MI estimator applies to the summaries.
+
+Research cells are the cells whose id starts with `research-` (`harness.research.run.plan_cells`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+PREFIX = "research-"
+
+
+def ratio_ci(a: Sequence[bool], b: Sequence[bool], n_boot: int = 2000, seed: int = 0, alpha: float = 0.05
+             ) -> tuple[float | None, float | None, float | None]:
+    """mean(a) / mean(b) over paired samples with a paired percentile-bootstrap CI (pure). None where mean(b) is 0;
+    resamples where mean(b) is 0 are dropped from the interval."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.size == 0 or x.size != y.size or y.mean() == 0:
+        return None, None, None
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(n_boot, x.size))
+    num, den = x[idx].mean(axis=1), y[idx].mean(axis=1)
+    ok = den > 0
+    r = num[ok] / den[ok]
+    lo, hi = (np.quantile(r, [alpha / 2, 1 - alpha / 2]) if r.size else (np.nan, np.nan))
+    return float(x.mean() / y.mean()), float(lo), float(hi)
+
+
+def pareto_front(cost: Sequence[float], acc: Sequence[float]) -> list[int]:
+    """Indices of the points no other point beats (cost ≤ and accuracy ≥, one strictly), by cost (pure)."""
+    c, a = np.asarray(cost, dtype=float), np.asarray(acc, dtype=float)
+    keep = []
+    for i in range(c.size):
+        beaten = np.any((c <= c[i]) & (a >= a[i]) & ((c < c[i]) | (a > a[i])))
+        if not beaten and np.isfinite(c[i]) and np.isfinite(a[i]):
+            keep.append(i)
+    return sorted(keep, key=lambda i: (c[i], -a[i]))
+
+
+def _sum(s: pd.Series) -> float | None:
+    s = pd.to_numeric(s, errors="coerce").dropna()
+    return float(s.sum()) if len(s) else None
+
+
+def research_frames(frames: dict[str, pd.DataFrame], cell_ids: Sequence[str] | None = None
+                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per research cell with accuracy, errors, rounds, early stops and cost per role; its predictions)."""
+    from harness.analyze.frames import cell_frame
+
+    cells, preds, _ = cell_frame(frames)
+    cells = cells[cells["cell_id"].astype(str).str.startswith(PREFIX)]
+    if cell_ids is not None:
+        cells = cells[cells["cell_id"].isin(list(cell_ids))]
+    preds = preds[preds["cell_id"].isin(cells["cell_id"])]
+    steps = frames.get("trace_steps", pd.DataFrame())
+    rows = []
+    for c in cells.itertuples(index=False):
+        p = preds[preds["cell_id"] == c.cell_id]
+        st = steps[steps["cell_id"] == c.cell_id] if len(steps) else steps
+        row = c._asdict()
+        for pre, role in (("pred_", "predictor"), ("comp_", "compressor")):
+            d = p.drop_duplicates("compression_id") if pre == "comp_" else p
+            d = d[d[f"{pre}prompt_tokens"].notna()]
+            for k in ("prompt_tokens", "completion_tokens", "seconds", "flops", "dollars"):
+                row[f"{role}_{k}"] = _sum(d[f"{pre}{k}"]) if len(d) else None
+        rounds, early, plan_fail = [], 0, 0
+        if len(st):
+            for _sid, g in st.groupby("sample_id"):
+                pl = g[g["kind"].isin(["plan", "follow-up"])]
+                comp = g[g["kind"].isin(["search"])]
+                rounds.append(int(comp["round"].max()) + 1 if len(comp) else 0)
+                for pj, err in zip(pl["payload_json"], pl["error"], strict=True):
+                    pay = json.loads(pj) if isinstance(pj, str) else (pj or {})
+                    early += bool(pay.get("early_stop")) and not err
+                    plan_fail += isinstance(err, str) and err.startswith("planning failure")
+        row["rounds_mean"] = float(np.mean(rounds)) if rounds else None
+        row["early_stops"] = int(early)
+        row["planning_failures"] = int(plan_fail)
+        row["steps"] = int(len(st))
+        rows.append(row)
+    return pd.DataFrame(rows), preds
+
+
+def _num(x: Any) -> float | None:
+    """A number, or None for None / NaN / NA."""
+    try:
+        return None if x is None or pd.isna(x) else float(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def _fmt(x: Any, spec: str) -> str:
+    x = _num(x)
+    return "-" if x is None else format(x, spec)
+
+
+def _label(r: Any) -> str:
+    return r["compressor"] if r["arm"] == "compressor-predictor" else "-"
+
+
+def headlines(cells: pd.DataFrame, preds: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
+    """Per compressor-predictor cell: A = its accuracy / predictor-only's (paired bootstrap CI over the samples
+    both answered), B = its predictor cost / predictor-only's (dollars where priced, else FLOPs), and the line."""
+    po = cells[cells["arm"] == "predictor-only"]
+    if po.empty:
+        return []
+    po = po.iloc[0]
+    pp = preds[(preds["cell_id"] == po["cell_id"]) & (preds["status"] == "ok")].set_index("sample_id")["correct"]
+    out = []
+    for _, r in cells[cells["arm"] == "compressor-predictor"].iterrows():
+        cp = preds[(preds["cell_id"] == r["cell_id"]) & (preds["status"] == "ok")].set_index("sample_id")["correct"]
+        both = cp.index.intersection(pp.index)
+        a, lo, hi = ratio_ci([bool(cp[s]) for s in both], [bool(pp[s]) for s in both], n_boot, seed)
+        unit = "dollars" if _num(r["predictor_dollars"]) is not None and _num(po["predictor_dollars"]) else "FLOPs"
+        key = "predictor_dollars" if unit == "dollars" else "predictor_flops"
+        num, den = _num(r[key]), _num(po[key])
+        b = num / den if num is not None and den else None
+        if a is None:
+            line = (f"compressor {r['compressor']}: recovery undefined (predictor-only answered none of the "
+                    f"{len(both)} shared samples right)")
+        else:
+            line = (f"compressor {r['compressor']} recovers {a:.0%} [{lo:.0%}, {hi:.0%}] of predictor-only accuracy "
+                    f"at {_fmt(None if b is None else 100 * b, '.0f')}% of its predictor cost ({unit}; "
+                    f"{len(both)} paired samples)")
+        out.append({"cell_id": r["cell_id"], "compressor": r["compressor"], "recovery": a, "recovery_lo": lo,
+                    "recovery_hi": hi, "cost_share": b, "cost_unit": unit, "paired": len(both), "line": line})
+    return out
+
+
+def research_table(cells: pd.DataFrame) -> str:
+    """The arms × compressors table in markdown."""
+    from harness.analyze.render import md_table
+
+    head = ["arm", "compressor", "n", "accuracy [95% CI]", "errors", "rounds", "early stops", "plan failures",
+            "pred tok in/out", "pred $", "pred GFLOPs", "comp tok in/out", "comp GFLOPs", "total GFLOPs", "seconds"]
+    rows = []
+    order = {"no-retrieval": 0, "predictor-only": 1, "compressor-predictor": 2, "oracle-evidence": 3}
+    cells = cells.assign(_o=cells["arm"].map(order).fillna(9), _p=cells["compressor_params"].fillna(0))
+    for _, r in cells.sort_values(["_o", "_p"]).iterrows():
+        acc = _fmt(r["accuracy"], ".3f") + ("" if _num(r["acc_lo"]) is None
+                                            else f" [{r['acc_lo']:.2f}, {r['acc_hi']:.2f}]")
+        pf, cf = _num(r["predictor_flops"]), _num(r["compressor_flops"])
+        tot = [x for x in (pf, cf) if x is not None]
+
+        def tok(role: str) -> str:
+            a, b = _num(r[f"{role}_prompt_tokens"]), _num(r[f"{role}_completion_tokens"])
+            return "-" if a is None else f"{int(a)}/{int(b or 0)}"
+
+        secs = [x for x in (_num(r["predictor_seconds"]), _num(r["compressor_seconds"])) if x is not None]
+        rows.append([r["arm"], _label(r), str(int(r["samples"])), acc, str(int(r["errors"])),
+                     _fmt(r["rounds_mean"], ".2f"), str(r["early_stops"]), str(r["planning_failures"]),
+                     tok("predictor"), _fmt(r["predictor_dollars"], ".5f"),
+                     _fmt(None if pf is None else pf / 1e9, ".1f"), tok("compressor"),
+                     _fmt(None if cf is None else cf / 1e9, ".1f"),
+                     _fmt(sum(tot) / 1e9 if tot else None, ".1f"), _fmt(sum(secs) if secs else None, ".1f")])
+    return md_table(head, rows)
+
+
+def mi_note(frames: dict[str, pd.DataFrame], cells: pd.DataFrame) -> str:
+    """Why the summaries' bits per token are (not) estimated for these cells."""
+    s = frames["samples"]
+    tasks = set(cells["task"])
+    s = s[s["task"].isin(tasks)]
+    preds = frames["predictions"]
+    ids = set(preds[preds["cell_id"].isin(cells["cell_id"])]["sample_id"])
+    s = s[s["sample_id"].isin(ids)]
+    sizes = s.groupby("group_id")["sample_id"].nunique() if len(s) else pd.Series(dtype=int)
+    multi = int((sizes >= 2).sum())
+    if multi == 0:
+        return ("MI (bits per token of the summaries): does not apply here. The estimator needs several contexts "
+                "behind one question text (a group), so that a summary can be scored under each; every question "
+                f"group in these cells has one sample ({len(sizes)} groups). With a pooled corpus that is the only "
+                "sound setting for synthetic-multidoc: a group's samples name the same entities with different facts, "
+                "so pooling two of them would put contradicting passages in one corpus.")
+    return (f"MI (bits per token of the summaries): {multi} question group(s) have several samples, but a research "
+            "episode's subqueries are the predictor's own words and differ between samples, and each summary reads "
+            "the passages retrieved for its own subquery: there is no shared (question, context set) to swap contexts "
+            "under, so the conditional estimator I(X;Z|Q) is not computed for research cells.")
+
+
+def frontier_plot(cells: pd.DataFrame, path: Path) -> Path | None:
+    """Accuracy (95% CI) against predictor cost per sample (left: dollars, or GFLOPs without prices) and total
+    GFLOPs per sample (right), one point per cell, compressor-predictor points labelled by compressor size, the
+    Pareto frontier drawn; None when there is nothing to plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = cells[cells["accuracy"].notna()].copy()
+    if d.empty:
+        return None
+    n = d["samples"].clip(lower=1).astype(float)
+    priced = d["predictor_dollars"].notna().all()
+    d["x_pred"] = (d["predictor_dollars"] if priced else d["predictor_flops"] / 1e9).astype(float) / n
+    d["x_tot"] = (d["predictor_flops"].fillna(0).astype(float) + d["compressor_flops"].fillna(0).astype(float)) \
+        / 1e9 / n
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, col, xl in ((axes[0], "x_pred", "predictor $ per sample" if priced else "predictor GFLOPs per sample"),
+                        (axes[1], "x_tot", "total GFLOPs per sample (compressor + predictor)")):
+        for _, r in d.iterrows():
+            y = float(r["accuracy"])
+            err = [[y - float(r["acc_lo"])], [float(r["acc_hi"]) - y]]
+            cp = r["arm"] == "compressor-predictor"
+            ax.errorbar(r[col], y, yerr=err, fmt="o" if cp else "s", capsize=3,
+                        color="C0" if cp else {"predictor-only": "C3", "no-retrieval": "C7",
+                                               "oracle-evidence": "C2"}.get(r["arm"], "C1"))
+            lab = (f"{r['compressor'].split('/')[-1]}" if cp else r["arm"])
+            ax.annotate(lab, (r[col], y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        f = pareto_front(d[col].tolist(), d["accuracy"].astype(float).tolist())
+        ax.plot(d[col].iloc[f], d["accuracy"].iloc[f].astype(float), "--", color="k", lw=0.8, label="frontier")
+        ax.set_xlabel(xl)
+        ax.set_ylabel("accuracy (95% CI)")
+        ax.set_ylim(-0.05, 1.05)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("Deep-Research: cost–accuracy frontier across compressor sizes", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def research_summary(url: str | Path, cell_ids: Sequence[str] | None = None, plot: Path | None = None
+                     ) -> dict[str, Any]:
+    """The research cells of a store: rows, headline lines, the markdown table (and the frontier plot at `plot`)."""
+    from harness.results import load
+
+    frames = load(url)
+    cells, preds = research_frames(frames, cell_ids)
+    heads = headlines(cells, preds) if len(cells) else []
+    table = research_table(cells) if len(cells) else "(no research cells)\n"
+    text = table + "\n\n" + "\n".join(h["line"] for h in heads) + ("\n" if heads else "")
+    if len(cells):
+        text += "\n" + mi_note(frames, cells) + "\n"
+    out: dict[str, Any] = {"rows": json.loads(cells.to_json(orient="records")) if len(cells) else [],
+                           "headlines": heads, "table": text}
+    if plot is not None and len(cells):
+        p = frontier_plot(cells, plot)
+        out["plot"] = str(p) if p else None
+    return out
+
+
+def research_section(frames: dict[str, pd.DataFrame], folder: Path, run_id: str | None = None
+                     ) -> tuple[list[str], list[Path]]:
+    """The report's Deep-Research section (markdown lines) and its plot; empty without research cells."""
+    cells, preds = research_frames(frames)
+    if run_id is not None and len(cells):
+        cells = cells[cells["run_id"] == run_id]
+    if cells.empty:
+        return [], []
+    L = ["## Deep-Research", "", research_table(cells), ""]
+    for h in headlines(cells, preds):
+        L.append(f"- **{h['line']}**")
+    L += ["", mi_note(frames, cells), ""]
+    plots = []
+    p = frontier_plot(cells, folder / "research_frontier.png")
+    if p is not None:
+        plots.append(p)
+        L += [f"![cost–accuracy frontier]({p.name})", ""]
+    return L, plots

@@ -1,0 +1,294 @@
+"""`harness run CONFIG` with a `research:` section: the Deep-Research loop over a task's samples, one cell per arm
+(and per compressor for `compressor-predictor`), rows written to the results store like the engine's (cells,
+compressions, predictions, scores, usage with call kinds compress/predict, errors) plus each step of each sample's
+episode in `trace_steps`.
+
+Cell ids are derived from what changes the outputs (task, research section, predictor, generation, prompts, seed;
+plus the compressor), not from the run, so rerunning a config resumes it: finished samples are skipped and a sample
+killed mid-episode continues at its first missing step (the stored steps are read back, not recomputed).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.backends.base import STATS
+from harness.config import ModelConfig, RunConfig
+from harness.errors import UserError
+from harness.records import Sample, Usage, stable_hash
+
+#: bumped when the same config would make different episodes (prompts, protocol, step order)
+RESEARCH_VERSION = 1
+
+
+@dataclass
+class Cell:
+    """One research cell: an arm (with its compressor for compressor-predictor)."""
+
+    cell_id: str
+    arm: str
+    compressor: ModelConfig | None = None
+    knob_hash: str = ""
+    outcomes: dict[str, Any] = field(default_factory=dict)  # sample_id -> Outcome (this run)
+
+    @property
+    def comp_key(self) -> str:
+        return f"compressor:{self.compressor.model}" if self.compressor is not None else ""
+
+
+def compressor_configs(cfg: RunConfig) -> list[ModelConfig]:
+    """The compressors of the compressor-predictor arm: `research.compressors` (a spec inherits the other fields of
+    `models.compressor`), else `models.compressor`."""
+    rc = cfg.research
+    assert rc is not None
+    base = cfg.models.compressor
+    out: list[ModelConfig] = []
+    for c in rc.compressors or ([base] if base is not None else []):
+        if isinstance(c, str):
+            c = base.model_copy(update={"model": c}) if base is not None else ModelConfig(model=c)
+            ModelConfig.model_validate(c.model_dump())  # the spec is validated like any model
+        if c.backend in ("python", "filter"):
+            raise UserError(f"research.compressors: '{c.model}' is a {c.backend}/ compressor; the research loop's "
+                            "compressors are language models (they summarise search results for a subtask)")
+        out.append(c)
+    return out
+
+
+def plan_cells(cfg: RunConfig) -> list[Cell]:
+    """The run's cells with their deterministic ids (see the module docstring)."""
+    rc = cfg.research
+    assert rc is not None
+    base = stable_hash({"task": cfg.task.model_dump(mode="json"),
+                        "research": rc.model_dump(mode="json", exclude={"compressors", "arms"}),
+                        "predictor": cfg.models.predictor.model_dump(mode="json"),
+                        "generation": cfg.generation.model_dump(mode="json"),
+                        "prompts": cfg.prompts.model_dump(mode="json"), "seed": cfg.seed,
+                        "version": RESEARCH_VERSION})[:10]
+    cells = []
+    for arm in rc.arms:
+        if arm == "compressor-predictor":
+            for mc in compressor_configs(cfg):
+                h = stable_hash(mc.model_dump(mode="json"))[:8]
+                cells.append(Cell(f"research-{base}/{arm}/{h}", arm, mc, f"research-{base}-{h}"))
+        else:
+            cells.append(Cell(f"research-{base}/{arm}", arm, None, f"research-{base}"))
+    return cells
+
+
+def _agg(steps: list[dict[str, Any]]) -> tuple[Usage, float | None, float | None]:
+    """One role's calls of an episode summed: usage (cached only when every call was), FLOPs, dollars."""
+    u = Usage(sum(int(s["prompt_tokens"]) for s in steps), sum(int(s["completion_tokens"]) for s in steps),
+              sum(float(s["seconds"]) for s in steps),
+              bool(steps) and all(bool(s["payload"].get("cached")) for s in steps))
+    fl = [s["flops"] for s in steps if s.get("flops") is not None]
+    dl = [s["dollars"] for s in steps if s.get("dollars") is not None]
+    return u, (sum(fl) if fl else None), (sum(dl) if dl else None)
+
+
+def run_research(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
+    """Execute a research config (`harness run` dispatches here); returns the summary (also in the run folder)."""
+    started: dict[str, Any] = {}
+    try:
+        return _run(cfg, quiet=quiet, started=started)
+    except BaseException as e:
+        if "store" in started:
+            started["store"].finish_run(started["run_id"], "interrupted" if isinstance(e, KeyboardInterrupt)
+                                        else "failed")
+            started["store"].close()
+        raise
+
+
+def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, Any]:
+    import sys
+
+    from harness.backends.cache import ResponseCache
+    from harness.backends.registry import make_backend
+    from harness.cost import call_cost, model_meta
+    from harness.metrics import score_prediction
+    from harness.pipeline.run import _git_commit
+    from harness.pipeline.stages import fit_request, params_from
+    from harness.preflight import announce, check_models, check_outputs, load_samples
+    from harness.records import GenParams
+    from harness.research.driver import drive
+    from harness.research.episode import Context, Trace, episode
+    from harness.research.search import SearchTool, research_corpus
+    from harness.store import Store
+
+    rc = cfg.research
+    assert rc is not None
+    t0 = time.time()
+    stats0 = dict(STATS)
+    if not cfg.output.store:
+        raise UserError("output.store: a research run needs a results store (its traces and resumption live there); "
+                        "set output.store")
+    check_outputs(cfg, run_folder=True)
+    cells = plan_cells(cfg)
+    comps = {c.compressor.model: c.compressor for c in cells if c.compressor is not None}
+    models = [("models.predictor", cfg.models.predictor)] + [
+        (f"research.compressors[{i}]", mc) for i, mc in enumerate(comps.values())]
+    if cfg.models.judge is not None:
+        models.append(("models.judge", cfg.models.judge))
+    check_models(models)
+    samples: list[Sample] = load_samples(cfg.task)
+    search = None
+    if {"compressor-predictor", "predictor-only"} & set(rc.arms):
+        from harness.retrieval.apply import check_retrieval
+        from harness.config import RetrievalConfig
+
+        check_retrieval(RetrievalConfig(corpus=rc.corpus, retriever=rc.retriever, embedder=rc.embedder), "research")
+        docs = research_corpus(rc.corpus, samples)
+    announce(models)
+    cache = ResponseCache(cfg.output.cache) if cfg.output.cache else None
+    if {"compressor-predictor", "predictor-only"} & set(rc.arms):
+        search = SearchTool(docs, rc.retriever, rc.embedder, cache)
+    backends: dict[str, Any] = {"predictor": make_backend(cfg.models.predictor, field="models.predictor.model",
+                                                          cache=cache)}
+    for spec, mc in comps.items():
+        backends[f"compressor:{spec}"] = make_backend(mc, field="research.compressors", cache=cache)
+    role_cfg = {"predictor": cfg.models.predictor, **{f"compressor:{s}": mc for s, mc in comps.items()}}
+
+    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    out_dir = cfg.output_dir() / run_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store = Store.open(cfg.output.store)
+    store.start_run(run_id=run_id, name=cfg.name, config=cfg, git_commit=_git_commit())
+    started.update(store=store, run_id=run_id)
+    store.add_samples(cfg.task.name, samples)
+    model_ids = {role: store.model_id(be.identity(), model_meta(role_cfg[role], be)) for role, be in backends.items()}
+    knobs_base = {"research": rc.model_dump(mode="json", exclude={"compressors"}), "seed": cfg.seed,
+                  "predictor_generation": cfg.generation.predictor.model_dump(),
+                  "compressor_generation": cfg.generation.compressor.model_dump()}
+    for c in cells:
+        store.upsert_cell(cell_id=c.cell_id, run_id=run_id, task=cfg.task.name,
+                          predictor_model_id=model_ids["predictor"], arm=c.arm,
+                          compressor_model_id=model_ids[c.comp_key] if c.compressor is not None else None,
+                          knobs={**knobs_base, "research_arm": c.arm,
+                                 "compressor": c.compressor.model if c.compressor else None})
+    (out_dir / "run.json").write_text(json.dumps({"run_id": run_id, "config": cfg.model_dump(mode="json"),
+                                                  "cells": [c.cell_id for c in cells]}, indent=2, default=str))
+    trace_file = open(out_dir / "trace_steps.jsonl", "a")
+
+    def cost(role: str, u: Usage) -> dict[str, Any]:
+        """FLOPs of a call; dollars (`prices:`) for the predictor only: compressors are local models."""
+        if role not in role_cfg:
+            return {}
+        c = call_cost(cfg, role_cfg[role], backends[role], u)
+        return c if role == "predictor" else {**c, "dollars": None}
+
+    def fit(role: str, build: Any, text: str) -> Any:
+        return fit_request(backends[role], build, text, cfg.overflow)
+
+    def sink(st: dict[str, Any]) -> None:
+        role = st["role"]
+        store.add_trace_step(cell_id=st["cell_id"], sample_id=st["sample_id"], step=st["step"], kind=st["kind"],
+                             payload=st["payload"], round=st["round"], role=role.split(":")[0],
+                             model_id=model_ids.get(role), prompt_tokens=st["prompt_tokens"],
+                             completion_tokens=st["completion_tokens"], seconds=st["seconds"], flops=st["flops"],
+                             dollars=st["dollars"], error=st["error"], run_id=run_id)
+        trace_file.write(json.dumps(st, default=str) + "\n")
+        trace_file.flush()
+
+    plan_params = GenParams(max_new_tokens=rc.plan_max_new_tokens, temperature=0.0, seed=cfg.seed)
+    ctx_kw = {"search": search, "prompts": cfg.prompts, "top_k": rc.top_k, "max_subqueries": rc.max_subqueries,
+              "rounds": rc.rounds, "plan_params": plan_params,
+              "answer_params": params_from(cfg.generation.predictor, cfg.seed),
+              "compress_params": params_from(cfg.generation.compressor, cfg.seed), "fit": fit, "cost": cost}
+    counts = {"skipped": 0, "reused_steps": 0, "episodes": 0}
+
+    def finish(cell: Cell, s: Sample, tr: Trace, out: Any) -> None:
+        cell.outcomes[s.id] = out
+        counts["reused_steps"] += tr.reused
+        comp_id = None
+        comp_steps = [x for x in tr.steps if str(x["role"]).startswith("compressor")]
+        if cell.compressor is not None and comp_steps:
+            u, fl, dl = _agg(comp_steps)
+            err = next((x["error"] for x in comp_steps if x.get("error")), None)
+            key = {"compressor_model_id": model_ids[cell.comp_key], "task": cfg.task.name, "sample_id": s.id,
+                   "knob_hash": cell.knob_hash, "sample_index": -1, "seed": cfg.seed}
+            old = store.find_compression(**key)
+            write_usage = old is None or (old.error is not None and err is None)
+            comp_id = store.add_compression(
+                **key, text=out.findings, n_tokens=u.completion_tokens, context_tokens=u.prompt_tokens,
+                truncated=out.truncated, params={"kind": "research", "cell_id": cell.cell_id,
+                                                 "subqueries": out.subqueries}, error=err, run_id=run_id,
+                usage=u if write_usage else None, flops=fl, dollars=dl)
+        u, fl, dl = _agg([x for x in tr.steps if x["role"] == "predictor"])
+        old_p = store.rows("predictions", cell_id=cell.cell_id, sample_id=s.id)
+        write_usage = not old_p or (all(p["error"] is not None for p in old_p) and out.error is None)
+        ans = out.answer
+        pid = store.add_prediction(
+            cell_id=cell.cell_id, sample_id=s.id, arm=cell.arm, text=ans.text if ans is not None else "",
+            compression_id=comp_id, truncated=out.truncated, error=out.error,
+            n_tokens=ans.usage.completion_tokens if ans is not None else None,
+            finish_reason=ans.finish_reason if ans is not None else None, usage=u if write_usage else None,
+            flops=fl, dollars=dl, prompt=out.answer_request.message_dicts() if out.answer_request else None)
+        if out.error:
+            store.add_error(run_id=run_id, stage=out.error_stage or "predict", message=out.error, ref_kind=cell.arm,
+                            ref_id=cell.cell_id, sample_id=s.id)
+        elif ans is not None and not (cfg.models.judge is not None and s.meta.get("needs_judge")):
+            store.add_metric_result(pid, score_prediction(s, ans.text))
+        elif ans is not None:
+            judge_todo.append((pid, s, ans.text))
+
+    judge_todo: list[tuple[int, Sample, str]] = []
+    eps = []
+    for c in cells:
+        ctx = Context(arm=c.arm, compressor=c.comp_key, **ctx_kw)
+        for s in samples:
+            done = [p for p in store.rows("predictions", cell_id=c.cell_id, sample_id=s.id) if p["error"] is None]
+            if done and store.count("scores", prediction_id=done[0]["prediction_id"]):
+                counts["skipped"] += 1
+                continue
+            stored = {int(r["step"]): r for r in store.trace(c.cell_id, s.id)}
+            tr = Trace(c.cell_id, s.id, stored, sink)
+            counts["episodes"] += 1
+            eps.append((episode(ctx, s, tr), lambda out, c=c, s=s, tr=tr: finish(c, s, tr, out)))
+
+    def on_batch(role: str, n: int) -> None:
+        if not quiet:
+            print(f"# {role}: {n} requests", file=sys.stderr)
+
+    sent = drive(eps, backends, chunk=max(cfg.models.predictor.batch_size, 1) * 2, on_batch=on_batch)
+    if judge_todo:
+        _judge(cfg, cache, store, run_id, judge_todo)
+    trace_file.close()
+    from harness.analyze.research import research_summary
+
+    summary = research_summary(store.url, [c.cell_id for c in cells])
+    summary.update(name=cfg.name, task=cfg.task.name, run_id=run_id, n_samples=len(samples), run_dir=str(out_dir),
+                   requests=sent, **counts, wall_seconds=round(time.time() - t0, 2),
+                   model_loads=STATS["model_loads"] - stats0.get("model_loads", 0),
+                   model_calls=sum(STATS[k] - stats0.get(k, 0) for k in ("generate_requests", "score_requests")),
+                   search_queries=search.searched if search is not None else 0)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    (out_dir / "table.md").write_text(summary["table"])
+    store.finish_run(run_id, "done")
+    store.close()
+    if cache is not None:
+        cache.close()
+    return summary
+
+
+def _judge(cfg: RunConfig, cache: Any, store: Any, run_id: str, todo: list[tuple[int, Sample, str]]) -> None:
+    """Score free-text answers of samples marked `needs_judge` with the judge role; a failed call is an error."""
+    from harness.backends.registry import make_backend
+    from harness.metrics import build_judge_messages, judge_score
+    from harness.records import GenParams, GenRequest
+
+    assert cfg.models.judge is not None
+    be = make_backend(cfg.models.judge, field="models.judge.model", cache=cache)
+    params = GenParams(max_new_tokens=8, temperature=0.0, seed=cfg.seed)
+    gens = be.generate([GenRequest.chat(build_judge_messages(s.question, s.answers, t), params) for _, s, t in todo])
+    be.close()
+    for (pid, s, text), g in zip(todo, gens, strict=True):
+        store.add_usage(call_kind="judge", ref_id=pid, prompt_tokens=g.usage.prompt_tokens,
+                        completion_tokens=g.usage.completion_tokens, seconds=g.usage.seconds, cached=g.usage.cached,
+                        run_id=run_id, call_id=uuid.uuid4().hex)
+        if g.error:
+            store.add_error(run_id=run_id, stage="score", message=f"judge: {g.error}", sample_id=s.id)
+            continue
+        store.add_metric_result(pid, judge_score(s, text, lambda _m, t=g.text: t))
