@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -239,6 +240,18 @@ def test_view_bad_store_is_one_line_exit_2(tmp_path):
     r = subprocess.run([sys.executable, "-m", "harness.cli", "view", str(not_a_store), "--no-browser"],
                        capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 2 and "not a results store" in r.stderr
+
+
+def test_view_port_in_use_is_one_line_exit_2(planted):
+    path, _ = planted
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "harness.cli", "view", str(path), "--no-browser", "--port",
+                            str(port)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1 and f"127.0.0.1:{port}" in r.stderr
 
 
 # ----------------------------------------------------------------------------- the browser
