@@ -256,6 +256,36 @@ class RetrievalConfig(_Strict):
         return v
 
 
+RESEARCH_ARMS = ("compressor-predictor", "predictor-only", "no-retrieval", "oracle-evidence")
+
+
+class ResearchConfig(_Strict):
+    """Agentic Deep-Research mode (`harness.research`): the predictor plans subqueries, compressors search a corpus
+    and summarise for each, the predictor answers from the summaries; up to `rounds` rounds of subqueries.
+
+    `compressors`: one compressor-predictor cell per entry (a spec, or a full role config; default
+    `models.compressor`). `corpus`: `task` (every sample's passages, deduplicated) or a folder of .txt/.md/.jsonl.
+    """
+
+    arms: list[Literal["compressor-predictor", "predictor-only", "no-retrieval", "oracle-evidence"]] = Field(
+        default_factory=lambda: list(RESEARCH_ARMS), min_length=1)
+    compressors: list[str | ModelConfig] = Field(default_factory=list)
+    corpus: str = "task"
+    retriever: Literal["bm25", "dense", "hybrid"] = "bm25"
+    embedder: str = "minilm-l6"
+    top_k: int = Field(3, ge=1, le=100)
+    max_subqueries: int = Field(3, ge=1, le=16)
+    rounds: int = Field(1, ge=1, le=10)
+    plan_max_new_tokens: int = Field(96, ge=8)
+
+    @field_validator("corpus")
+    @classmethod
+    def _corpus(cls, v: str) -> str:
+        if not v.strip() or v == "sample":
+            raise ValueError("write 'task' (every sample's passages) or a folder of .txt/.md/.jsonl files")
+        return v
+
+
 class Price(_Strict):
     """API prices in dollars per million tokens."""
 
@@ -306,9 +336,19 @@ class RunConfig(_Strict):
     # model spec -> API prices (dollars per million tokens); models without a price cost no dollars
     prices: dict[str, Price] = Field(default_factory=dict)
     sweep: SweepSpec | None = None
+    research: ResearchConfig | None = None
 
     @model_validator(mode="after")
     def _roles_for_arms(self) -> RunConfig:
+        if self.research is not None:  # research runs have their own arms (research.arms); `arms` is not read
+            if "compressor-predictor" in self.research.arms and not self.research.compressors \
+                    and self.models.compressor is None:
+                raise ValueError("research.arms includes 'compressor-predictor' but neither research.compressors "
+                                 "nor models.compressor is set; add a compressor or drop the arm")
+            if self.sweep is not None or self.mi is not None or self.retrieval is not None:
+                raise ValueError("research: cannot be combined with sweep:, mi: or retrieval: (it searches its own "
+                                 "corpus per subquery); remove them")
+            return self
         if "compressed" in self.arms and self.models.compressor is None:
             raise ValueError(
                 "arms includes 'compressed' but models.compressor is not set; add a compressor or drop the arm"
