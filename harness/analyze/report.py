@@ -127,6 +127,11 @@ def build_report(
         L += _corr_section(comp_cells)
         L += _factor_section(preds, cells)
         L += examples_section(frames, cells, preds, labels, seed=seed)
+        from harness.analyze.research import research_section  # Deep-Research cells (harness.research)
+
+        research_lines, research_plots = research_section(frames, folder, run_id)
+        L += research_lines
+        rep.plots += research_plots
     L += [
         "## Files",
         "",
