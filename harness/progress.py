@@ -96,23 +96,32 @@ class StageBar(tqdm):
             self.run.stage_seconds.append(time.time() - self._t0)
         return super().__exit__(*exc)
 
-    def _room(self, n: int) -> int:
+    @property
+    def format_dict(self) -> dict[str, Any]:
+        """tqdm's, with the count shown as whole items (parts of requests move the bar, not the count)."""
+        d = super().format_dict
+        d["n"] = int(d["n"] + 1e-6)
+        return d
+
+    def _room(self, n: float) -> float:
         return max(min(n, self.total - self.n), 0) if self.total else n
 
-    def tick(self, n: int = 1) -> None:
-        """`n` items finished inside the current chunk: move now; the chunk's `update` counts only the rest."""
+    def tick(self, n: float = 1) -> None:
+        """`n` items (or parts of items) finished inside the current chunk: move now; the chunk's `update` counts
+        only the rest."""
         n = self._room(n)
         self._credit += n
         self._move(n)
 
     def update(self, n: float | None = 1) -> bool | None:
         """A chunk of `n` items is done (items already ticked are not counted twice)."""
-        n = int(n or 0)
+        n = float(n or 0)
         used = min(n, self._credit)
         self._credit -= used
-        return self._move(n - used)
+        rest = n - used
+        return self._move(self._room(rest) if rest > 1e-6 else 0)
 
-    def _move(self, n: int) -> bool | None:
+    def _move(self, n: float) -> bool | None:
         if n and self.run is not None and not self.disable:  # the run's ETA, shown with this move
             done, elapsed = self.n + n, max(time.time() - self._t0, 0.0)
             left = (self.total - done) * elapsed / done if self.total else None
@@ -122,8 +131,8 @@ class StageBar(tqdm):
         return super().update(n) if n else None
 
 
-def item_done(n: int = 1) -> None:
-    """Called by a backend when `n` requests finished: moves the innermost open bar, if any."""
+def item_done(n: float = 1) -> None:
+    """Called by a backend when `n` requests (or parts of requests) finished: moves the innermost open bar."""
     with _LOCK:
         bar = _OPEN[-1] if _OPEN else None
     if bar is not None and n > 0:

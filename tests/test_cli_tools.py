@@ -331,19 +331,22 @@ def test_progress_bar_moves_per_item_with_stage_and_run_eta(monkeypatch: pytest.
     assert not bars_enabled(True)
 
 
-def test_transformers_generate_ticks_per_row(smollm2: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A real batch of 3 on smollm2: the open bar is ticked as rows end, and reaches 3 before the chunk update."""
+def test_transformers_generate_moves_the_bar_within_a_batch(smollm2: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real batch of 3 on smollm2: the open bar moves token by token (1/max_new_tokens of a request per row and
+    step, the rest of a request when its row ends) and reaches 3 before the chunk's own update, which adds nothing."""
     from harness.pipeline.stages import progress_bar
     from harness.records import GenParams, GenRequest
 
     monkeypatch.setenv("HARNESS_PROGRESS", "1")
-    ticks: list[int] = []
-    reqs = [GenRequest.chat([{"role": "user", "content": q}], GenParams(max_new_tokens=n, temperature=0.0, seed=0))
-            for q, n in (("Say yes.", 12), ("Say no.", 12), ("Count to three.", 12))]
+    ticks: list[float] = []
+    reqs = [GenRequest.chat([{"role": "user", "content": q}], GenParams(max_new_tokens=10, temperature=0.0, seed=0))
+            for q in ("Say yes.", "Say no.", "Count to three.")]
     with progress_bar(3, "predict", quiet=False) as bar:
         orig = bar.tick
         monkeypatch.setattr(bar, "tick", lambda n=1: (ticks.append(n), orig(n)))
         smollm2.generate(reqs)
-        assert bar.n == 3 and sum(ticks) == 3
+        assert bar.n == pytest.approx(3) and sum(ticks) == pytest.approx(3)
+        assert len(ticks) >= 5 and ticks[0] == pytest.approx(3 / 10)  # moved per token, 3 rows × 1/10 at step 1
+        assert bar.format_dict["n"] == 3
         bar.update(3)
-        assert bar.n == 3
+        assert bar.n == pytest.approx(3)

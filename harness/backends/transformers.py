@@ -256,13 +256,15 @@ MAX_PADDING = 0.15  # share of a scoring forward's tokens that may be padding
 
 
 class RowsDone:
-    """A stopping criterion that never stops: it tells the progress bar (`harness.progress.item_done`) as each row
-    of a batch emits an end-of-sequence token, so a bar moves per request, not per batch; `finish()` counts the
-    rows that ran to max_new_tokens."""
+    """A stopping criterion that never stops: it moves the open progress bar (`harness.progress.item_done`) while a
+    batch generates, so a bar moves within a batch: each unfinished row by 1/max_new_tokens of a request per token,
+    and a row that emits an end-of-sequence token by the rest of its request; `finish()` completes the rows that
+    ran to max_new_tokens."""
 
-    def __init__(self, eos_ids: set[int], rows: int):
+    def __init__(self, eos_ids: set[int], rows: int, max_new_tokens: int):
         self.eos = sorted(eos_ids)
-        self.rows = rows
+        self.share = 1.0 / max(max_new_tokens, 1)
+        self.given = [0.0] * rows
         self.done: set[int] = set()
 
     def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
@@ -270,18 +272,26 @@ class RowsDone:
 
         from harness.progress import item_done
 
-        ended = torch.isin(input_ids[:, -1], torch.tensor(self.eos, device=input_ids.device))
-        new = [r for r in ended.nonzero().flatten().tolist() if r not in self.done]
-        if new:
-            self.done.update(new)
-            item_done(len(new))
+        ended = set(torch.isin(input_ids[:, -1], torch.tensor(self.eos, device=input_ids.device)).nonzero()
+                    .flatten().tolist())
+        move = 0.0
+        for r, g in enumerate(self.given):
+            if r in self.done:
+                continue
+            step = 1.0 - g if r in ended else min(self.share, 0.99 - g) if g < 0.99 else 0.0
+            self.given[r] += step
+            move += step
+            if r in ended:
+                self.done.add(r)
+        item_done(move)
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
     def finish(self) -> None:
         from harness.progress import item_done
 
-        item_done(self.rows - len(self.done))
-        self.done = set(range(self.rows))
+        item_done(sum(1.0 - g for r, g in enumerate(self.given) if r not in self.done))
+        self.done = set(range(len(self.given)))
+        self.given = [1.0] * len(self.given)
 
 
 def padded_batches(lengths: list[int], max_rows: int, max_padding: float = MAX_PADDING) -> list[list[int]]:
@@ -475,7 +485,7 @@ class TransformersBackend:
                 seeds = [requests[i].params.seed for i in b]
                 procs.append(SeededSampler(seeds, p.temperature, self.device, top_k=p.top_k, top_p=p.top_p))
             t = time.time()
-            rows_done = RowsDone(self.eos_ids, len(b))
+            rows_done = RowsDone(self.eos_ids, len(b), p.max_new_tokens)
             with torch.inference_mode(), _bare_generation_config(self.model):
                 res = self.model.generate(
                     input_ids=ids.to(self.device), attention_mask=att.to(self.device), generation_config=cfg,
