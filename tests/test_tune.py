@@ -1,0 +1,103 @@
+"""`harness tune-filter`: the Pareto front, the dev/test split, the choice, and a tiny real tuning run."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from harness.analyze.tune import choose, pareto_front, split_dev_test
+from harness.tune import expand_settings, setting_label
+from tests.conftest import need_pack
+
+
+def test_pareto_front() -> None:
+    rate = [0.1, 0.2, 0.2, 0.5, 1.0, 0.3, math.nan]
+    acc = [0.3, 0.5, 0.4, 0.5, 0.9, 0.6, 1.0]
+    assert pareto_front(rate, acc).tolist() == [True, True, False, False, True, True, False]
+    assert pareto_front([0.1, 0.1], [0.5, 0.5]).tolist() == [True, True]  # equal points are both on the front
+    assert pareto_front([], []).tolist() == []
+    r = np.random.default_rng(0).random(50)
+    a = np.random.default_rng(1).random(50)
+    f = pareto_front(r, a)
+    for i in np.flatnonzero(f):  # no front point is dominated by any point
+        assert not np.any((r <= r[i]) & (a >= a[i]) & ((r < r[i]) | (a > a[i])))
+    for i in np.flatnonzero(~f):  # every other point is
+        assert np.any((r <= r[i]) & (a >= a[i]) & ((r < r[i]) | (a > a[i])))
+
+
+def test_split_dev_test_is_disjoint_seeded_and_by_group() -> None:
+    ids = [f"s{i}" for i in range(20)]
+    groups = [f"g{i // 2}" for i in range(20)]
+    dev, test = split_dev_test(ids, groups, 0.5, seed=3)
+    assert set(dev).isdisjoint(test) and sorted(dev + test) == sorted(ids)
+    assert len(dev) == 10 and (dev, test) == split_dev_test(ids, groups, 0.5, seed=3)
+    assert split_dev_test(ids, groups, 0.5, seed=4) != (dev, test)
+    gd = {groups[ids.index(i)] for i in dev}
+    assert gd.isdisjoint({groups[ids.index(i)] for i in test})  # a question group never straddles the split
+    d1, t1 = split_dev_test(["a", "b"], ["x", "x"], 0.5, 0)
+    assert (len(d1), len(t1)) == (2, 0)  # one group: it cannot be split
+    with pytest.raises(ValueError):
+        split_dev_test(ids, groups, 1.0, 0)
+
+
+def test_choose_objectives() -> None:
+    rows = [{"accuracy": 0.8, "rate": 1.0, "ib_score": 30.0}, {"accuracy": 0.7, "rate": 0.1, "ib_score": 5.0},
+            {"accuracy": 0.7, "rate": 0.05, "ib_score": 9.0}, {"accuracy": None, "rate": 0.01, "ib_score": 1.0}]
+    assert choose(rows) == 0
+    assert choose(rows, max_rate=0.2) == 2  # equal accuracy: the lower rate
+    assert choose(rows, max_rate=0.001) is None
+    assert choose(rows, "ib") == 3
+    with pytest.raises(ValueError):
+        choose(rows, "f1")
+
+
+def test_expand_settings_grid() -> None:
+    s = expand_settings(["filter/full", {"model": "filter/truncate", "options": {"tokens": [64, 128]}},
+                         {"model": "filter/ib-oracle", "options": {"budgets": [1, 2], "beta": [1, 10]}}])
+    assert [setting_label(x) for x in s] == ["full", "truncate {tokens: 64}", "truncate {tokens: 128}",
+                                             "ib-oracle {beta: 1, budgets: [1, 2]}",
+                                             "ib-oracle {beta: 10, budgets: [1, 2]}"]
+
+
+def test_tune_filter_tiny_real_run(tmp_path) -> None:
+    """Real smollm2 predictor and float32 scorer on 4 synthetic-multidoc groups: dev and test runs hold only their
+    own samples, the choice is the best dev accuracy among dev rows (no test sample is read before it), the chosen
+    settings run once on test, and the Pareto plot is written as PNG and SVG."""
+    need_pack("smollm2-135m")
+    from harness.config import parse_sweep_config
+    from harness.store import Store
+    from harness.tune import tune_filter
+
+    cfg = parse_sweep_config({
+        "name": "tt", "task": {"name": "synthetic-multidoc", "size": 4, "seed": 0,
+                               "options": {"n_distractors": 2, "context_tokens": 0}},
+        "models": {"compressor": {"model": "filter/full", "tokenizer": "gguf/smollm2-135m"},
+                   "predictor": {"model": "gguf/smollm2-135m", "dtype": "float32"},
+                   "scorer": {"model": "gguf/smollm2-135m", "dtype": "float32"}},
+        "arms": ["compressed"], "generation": {"predictor": {"max_new_tokens": 8}},
+        "sweep": {"compressors": [{"model": "filter/truncate", "tokenizer": "gguf/smollm2-135m",
+                                   "options": {"tokens": [8, 64]}},
+                                  {"model": "filter/extractive", "tokenizer": "gguf/smollm2-135m",
+                                   "options": {"sentences": 1}}],
+                  "predictors": ["gguf/smollm2-135m"]},
+        "output": {"dir": str(tmp_path / "out"), "store": str(tmp_path / "s.db"),
+                   "cache": str(tmp_path / "c.sqlite")}})
+    res = tune_filter(cfg, dev_fraction=0.5, split_seed=0, quiet=True)
+    t = res["tasks"]["synthetic-multidoc"]
+    dev, test = set(t["dev_ids"]), set(t["test_ids"])
+    assert dev and test and dev.isdisjoint(test)
+    st = Store.open(str(tmp_path / "s.db"))
+    cells = {c["cell_id"]: c["run_id"] for c in st.rows("cells")}
+    for p in st.rows("predictions"):
+        assert p["sample_id"] in (dev if cells[p["cell_id"]] == t["dev_run"] else test)
+    terms = st.rows("compression_terms")
+    st.close()
+    assert terms  # every filter compression stored its IB terms
+    assert len(t["dev"]) == 3 and all(r["n"] == len(dev) for r in t["dev"])
+    i = choose(t["dev"], "accuracy")
+    assert t["best"] == t["dev"][i]["setting"]
+    assert set(t["test"]) == set(t["chosen"].values()) and all(r["n"] == len(test) for r in t["test"].values())
+    assert {p.rsplit(".", 1)[1] for p in t["plots"]} >= {"png", "svg"}
+    assert any(r["pareto"] for r in t["dev"])
