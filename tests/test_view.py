@@ -226,6 +226,31 @@ def test_view_on_postgresql(tmp_path):
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
+def test_compare_lists_the_discordant_samples(tmp_path):
+    """Planted verdicts (no model): two cells over five samples, A right on s1, s2, B right on s3 only; the compare
+    page shows `compare_cells`' McNemar counts and lists exactly those three samples."""
+    from harness.analyze.compare import compare_cells
+
+    path = tmp_path / "cmp.db"
+    verdicts = {"A": [1, 1, 0, 1, 0], "B": [0, 0, 1, 1, 0]}
+    with Store.open(path) as st:
+        st.start_run(run_id="r", config={}, package_versions={})
+        m = st.model_id(ModelIdentity("planted", "planted-0.5b", "x", "float32", "h"))
+        for arm, vs in verdicts.items():
+            st.upsert_cell(cell_id=f"cell{arm}", run_id="r", task="t", predictor_model_id=m, arm=arm)
+            for i, v in enumerate(vs, 1):
+                st.add_sample("t", Sample(id=f"s{i}", question=f"q{i}", documents=(), answers=(f"g{i}",)))
+                pid = st.add_prediction(cell_id=f"cell{arm}", sample_id=f"s{i}", arm=arm, text=f"{arm}-answer-{i}")
+                st.add_score(prediction_id=pid, metric="exact_match", value=float(v), correct=bool(v))
+    c = compare_cells(path, "cellA", "cellB")
+    assert (c.a_only, c.b_only) == (2, 1)
+    html = _client(path).get("/compare", params={"a": "cellA", "b": "cellB"}).text
+    assert re.findall(r'<tr data-sample="(s\d)">', html) == ["s1", "s2", "s3"]
+    assert '<b data-field="a_only">2</b>' in html and '<b data-field="b_only">1</b>' in html
+    assert f'data-field="diff">{c.diff.diff:+.3f} [{c.diff.lo:+.3f}, {c.diff.hi:+.3f}]' in html
+    assert "A-answer-3" in html and "B-answer-3" in html and "A-answer-4" not in html
+
+
 # ----------------------------------------------------------------------------- the CLI
 
 
