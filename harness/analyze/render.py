@@ -147,11 +147,9 @@ def size_ticks(ax: Any, sizes: Sequence[float]) -> None:
 
 
 def fmt_size(p: float) -> str:
-    """A parameter count for a tick: "135M", "0.5B", "1.5B", "8B"."""
-    if p >= 1e9:
-        return f"{p / 1e9:.3g}B"
-    if p >= 1e8:
-        return f"{p / 1e9:.2g}B" if p >= 4.5e8 else f"{p / 1e6:.3g}M"
+    """A parameter count for a tick, as papers name models: "135M", "0.5B" (for 494M), "1.5B" (1.54B), "7.6B"."""
+    if p >= 4.5e8:
+        return f"{round(p / 1e9, 1):g}B"
     return f"{p / 1e6:.3g}M"
 
 
@@ -270,7 +268,8 @@ def rd_figure(points: Sequence[RDPoint], fit: Any, title: str, ceiling: float | 
         ax.text(0.02, 0.03, "no fit: " + (fit.note or "failed"), transform=ax.transAxes, fontsize=7)
     if ceiling is not None:
         ax.axvline(ceiling, color="0.3", linestyle=(0, (4, 2)), linewidth=1.0, label=f"log2 N = {ceiling:.2f} bits")
-    ax.set_xlim(left=0.0, right=rmax * 1.08)
+    rmin = min([0.0] + [p.r_lo if p.r_lo is not None else p.r for p in points])  # an estimate can fall below 0
+    ax.set_xlim(left=rmin - (0.05 * (rmax - rmin) if rmin < 0 else 0.0), right=rmax * 1.08)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("rate R (MI bits, 95% CI)")
     ax.set_ylabel("distortion D = 1 − accuracy (95% CI)")

@@ -407,7 +407,9 @@ def _scaling_section(
             elif cpts:
                 cl = "ceiling log2 N" if col == "mi_bits" else "ceiling log2 N / summary tokens"
                 top = max(max(y for _, y in cpts), max((p[3] or p[1]) for s in series.values() for p in s))
-                kw = {"ceiling": (cl, cpts), "ylim": (0.0, top * 1.08)}
+                low = min(0.0, min(min(p[1], p[2] if p[2] is not None else p[1]) for s in series.values() for p in s))
+                pad = 0.06 * (top - low)
+                kw = {"ceiling": (cl, cpts), "ylim": (low - (pad if low < 0 else 0.0), top + pad)}  # from 0, or below
             what = " → predictor" if per_pred else ""
             files = line_plot(folder / fname, series, "compressor parameters", ylabel,
                               f"{ylabel} vs compressor size (one line per compressor family{what})", **kw)  # fmt: skip
