@@ -154,6 +154,20 @@ def test_sample_page_shows_prompts_terms_gold_and_errors(planted):
     assert "errors 1 (compress 1, predict 0, score 0)" in cell
 
 
+def test_grid_shows_every_cell_when_runs_repeat_one(planted):
+    """Planted rows (no model): a second run of the same arm, compressor, knobs and predictor gets its own grid row
+    (a run column appears) instead of hiding the first run's cell."""
+    path, ids = planted
+    with Store.open(path) as st:
+        st.start_run(run_id="r2", name="again", config={}, package_versions={})
+        row = st.rows("cells", cell_id=ids["comp"])[0]
+        st.upsert_cell(cell_id="r2comp", run_id="r2", task="qa", predictor_model_id=row["predictor_model_id"],
+                       arm="compressed", compressor_model_id=row["compressor_model_id"], knobs={"knob_hash": "k1"})
+    html = _client(path).get("/").text
+    assert set(re.findall(r'data-cell="([^"]+)"', html)) == {ids["comp"], ids["agent"], "r2comp"}
+    assert "<th>run</th>" in html and "3 of 3 cells" in html
+
+
 def test_trace_steps_are_shown_in_order(planted):
     """Planted trace rows (no model): the agent cell's sample page lists every step with its kind and tokens."""
     path, ids = planted

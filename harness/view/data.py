@@ -317,15 +317,20 @@ class StoreView:
         sections = []
         for t, g in sel.groupby("task", sort=True):
             preds = sorted(g["predictor"].astype(str).unique())
-            rows: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
-            for _, c in g.sort_values(["arm", "compressor", "knobs"]).iterrows():
+            # one cell per (row, predictor): cells repeated by several runs get a row per run
+            by_run = bool(g.duplicated(["arm", "compressor", "knobs", "predictor"]).any())
+            rows: dict[tuple[str, str, str, str], dict[str, dict[str, Any]]] = {}
+            for _, c in g.sort_values(["arm", "compressor", "knobs", "run_id"]).iterrows():
                 r = {k: _py(v) for k, v in c.items()}
                 r |= display(r) | {"short_id": short[r["cell_id"]]}
-                rows.setdefault((r["arm"], r["compressor"], r["knobs"]), {})[r["predictor"]] = r
+                key = (r["arm"], r["compressor"], r["knobs"], r["run_id"] if by_run else "")
+                rows.setdefault(key, {})[r["predictor"]] = r
             sections.append({
                 "task": t,
                 "predictors": preds,
-                "rows": [{"arm": a, "compressor": cp, "knobs": k, "cells": v} for (a, cp, k), v in rows.items()],
+                "by_run": by_run,
+                "rows": [{"arm": a, "compressor": cp, "knobs": k, "run": run, "cells": v}
+                         for (a, cp, k, run), v in rows.items()],
             })
         return {
             "sections": sections,
@@ -334,7 +339,7 @@ class StoreView:
             "n_shown": len(sel),
             "notes": ld.notes,
             "all_cells": [
-                {"cell_id": c, "label": label(r)}
+                {"cell_id": c, "short_id": short[c], "label": label(r)}
                 for c, r in zip(cells["cell_id"], cells.to_dict("records"), strict=True)
             ],
         }
