@@ -191,7 +191,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     check_store_url(args.store, "store", must_exist=True, write=False)
 
     rep = build_report(args.store, args.out, run_id=args.run)
-    print(f"report: {rep.path}  ({len(rep.cells)} cells, {len(rep.plots)} plots)")
+    print(f"report: {rep.path}  ({len(rep.cells)} cells, {len(rep.plots)} plots as PNG, SVG and PDF)")
+    print(f"html:   {rep.html}  (one self-contained file, plots inlined)")
     return 0
 
 
@@ -346,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     rt.add_argument("--json", action="store_true", help="print the summary as JSON")
     rt.set_defaults(fn=cmd_retrieve)
-    rp = sub.add_parser("report", help="markdown report with plots from a results store")
+    rp = sub.add_parser("report", help="markdown and self-contained HTML report with plots from a results store")
     rp.add_argument("store", help="results store: a SQLite file or a postgresql:// URL")
     rp.add_argument("--out", default=None, help="output folder (default results/report-<store name>)")
     rp.add_argument("--run", default=None, metavar="RUN_ID", help="only this run's cells")
