@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from harness.console import markdown_tables_as_text
 from harness.errors import UserError
 
 
@@ -66,7 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{summary['wall_seconds']:.0f} s, model loads {summary['model_loads']}, model calls {summary['model_calls']}"
     )
     print(dtype_line(summary.get("identities", {})))
-    print(format_table(summary))
+    print(markdown_tables_as_text(format_table(summary)))  # table.md in the run folder keeps the markdown
     print(f"results: {cfg.output_dir()}")
     rows = summary["rows"]
     if not any(r["scored"] for r in rows) and any(r["errors"] for r in rows):
@@ -118,7 +119,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         f"# sweep {out['name']}: {out['cells']} cells, {out['wall_seconds']:.0f} s, model loads {out['model_loads']}, "
         f"generate requests {out['generate_requests']}, score requests {out['score_requests']}; new rows: {new}"
     )
-    print(out["table"])
+    print(markdown_tables_as_text(out["table"]))
     print(f"store: {out['store']}  (harness report {out['store']})")
     pred = out.get("predictions") or {}
     if pred.get("total") and pred["errors"] == pred["total"]:

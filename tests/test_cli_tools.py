@@ -102,7 +102,13 @@ def test_a_run_keeps_transformers_noise_out_of_its_output(real: dict[str, Any]) 
     assert "Loading weights" not in err
     for bad in ("Deprecat", "deprecat", "FutureWarning", "[transformers]", "it/s]", "req/s]"):
         assert bad not in err, (bad, err[-1500:])
-    assert real["stdout"].startswith("# tools: task synthetic-records, 3 samples")
+    out = real["stdout"]
+    assert out.startswith("# tools: task synthetic-records, 3 samples")
+    # the cell table is drawn with rich (one row a line when piped), not as markdown
+    rows = [" ".join(line.split()) for line in out.splitlines()]
+    assert not any(line.startswith("|") for line in out.splitlines())
+    assert any(r.startswith("compressed gguf/smollm2-135m gguf/smollm2-135m 3 ") for r in rows)
+    assert any(r.startswith("no-context - gguf/smollm2-135m 3 ") for r in rows)
 
 
 # ----------------------------------------------------------------------------- cells and id prefixes
@@ -134,7 +140,8 @@ def test_short_ids_are_unique_prefixes_of_the_hash() -> None:
         resolve_cell("zzz", ids)
 
 
-def test_cells_table_and_prefixes_in_compare(real: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_cells_table_and_prefixes_in_compare(real: dict[str, Any], capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     store = real["store"]
     ids = _cells(store)
     assert len(ids) == 2
@@ -145,7 +152,13 @@ def test_cells_table_and_prefixes_in_compare(real: dict[str, Any], capsys: pytes
     for c in ids:
         row = next(line for line in lines if line.startswith(short[c]))
         assert c.rsplit("/", 1)[1] in row and "smollm2-135m" in row and c in row
-    assert max(len(line) for line in lines) <= 120  # fits the (default) terminal width
+    monkeypatch.setenv("COLUMNS", "80")  # a narrow terminal: the table folds to fit, short ids stay whole
+    assert main(["cells", store]) == 0
+    narrow = capsys.readouterr().out.splitlines()
+    assert narrow[-1].startswith(f"{len(ids)} cells;")
+    assert max(len(line) for line in narrow[:-1]) <= 80  # the table (the footer line is plain text)
+    assert all(any(line.startswith(short[c] + " ") for line in narrow) for c in ids)
+    monkeypatch.delenv("COLUMNS")
     assert main(["cells", store, "--ids"]) == 0
     assert capsys.readouterr().out.split() == sorted(ids, key=lambda c: (c.rsplit("/", 1)[1], c))
     comp = next(c for c in ids if c.endswith("/compressed"))
