@@ -387,8 +387,10 @@ class StoreView:
             if (not status or x["label"] == status)
             and (not needle or needle in " ".join([x["sample_id"], x["question"], *x["gold"], x["answer"]]).lower())
         ]
+        with self.store() as st:
+            stages = st.cell_status(cell_id) or {}
         return {"cell": row, "samples": shown, "n_samples": len(out), "counts": counts, "q": q, "status": status,
-                "short_id": self.short_ids()[cell_id]}
+                "short_id": self.short_ids()[cell_id], "stages": stages}
 
     # ------------------------------------------------------------------ a sample
 
