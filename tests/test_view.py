@@ -2,8 +2,8 @@
 
 Browser tests drive Debian's chromium (headless, through Playwright) against `harness view` serving a store that a
 real tiny sweep (smollm2-135m, synthetic-multidoc) wrote, and check the numbers shown against the store. They skip
-when chromium or Playwright is absent, and fail under CI. Set HARNESS_UPDATE_SCREENSHOTS=1 to copy the screenshots
-to docs/screenshots/ for the README.
+when chromium or Playwright is absent, and fail under CI. Screenshots go to each test's tmp dir, and are copied to
+$HARNESS_SCREENSHOTS_DIR when set (e.g. to keep them as CI artefacts).
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
-SHOTS = REPO / "docs" / "screenshots"
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -353,9 +352,10 @@ def _shot(pg, tmp_path: Path, name: str) -> Path:
     out = tmp_path / f"{name}.png"
     pg.screenshot(path=str(out), full_page=True)
     assert out.stat().st_size > 10_000
-    if os.environ.get("HARNESS_UPDATE_SCREENSHOTS") == "1":
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        shutil.copy(out, SHOTS / f"view-{name}.png")
+    if os.environ.get("HARNESS_SCREENSHOTS_DIR"):
+        keep = Path(os.environ["HARNESS_SCREENSHOTS_DIR"])
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy(out, keep / f"view-{name}.png")
     return out
 
 
