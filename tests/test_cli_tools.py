@@ -111,6 +111,35 @@ def test_a_run_keeps_transformers_noise_out_of_its_output(real: dict[str, Any]) 
     assert any(r.startswith("no-context - gguf/smollm2-135m 3 ") for r in rows)
 
 
+def test_verbose_keeps_the_libraries_as_they_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pure logic: --verbose changes nothing; the default silences transformers' logger and its loading bars."""
+    import warnings
+
+    from transformers.utils import logging as tf_logging
+
+    from harness.cli import quiet_libraries
+
+    for k in ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS", "TOKENIZERS_PARALLELISM"):
+        monkeypatch.setenv(k, "x")  # records the value to restore after the test
+        monkeypatch.delenv(k)
+    level, bars = tf_logging.get_verbosity(), tf_logging.is_progress_bar_enabled()
+    try:
+        with warnings.catch_warnings():
+            tf_logging.set_verbosity_warning()
+            tf_logging.enable_progress_bar()
+            quiet_libraries(verbose=True)
+            assert "TRANSFORMERS_VERBOSITY" not in os.environ and tf_logging.is_progress_bar_enabled()
+            quiet_libraries(verbose=False)
+            assert os.environ["TRANSFORMERS_VERBOSITY"] == "error" and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+            assert tf_logging.get_verbosity() == tf_logging.ERROR and not tf_logging.is_progress_bar_enabled()
+            with warnings.catch_warnings(record=True) as got:
+                warnings.warn("old API", FutureWarning, stacklevel=1)
+            assert got == []
+    finally:
+        tf_logging.set_verbosity(level)
+        (tf_logging.enable_progress_bar if bars else tf_logging.disable_progress_bar)()
+
+
 # ----------------------------------------------------------------------------- cells and id prefixes
 
 
