@@ -151,6 +151,20 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune_filter(args: argparse.Namespace) -> int:
+    """Tune a config's RAG filters on a dev split and evaluate the chosen settings on test (harness/tune.py)."""
+    import json
+
+    from harness.config import load_sweep_config
+    from harness.tune import format_summary, tune_filter
+
+    cfg = load_sweep_config(args.config, _parse_set(args.set))
+    res = tune_filter(cfg, dev_fraction=args.dev_fraction, split_seed=args.split_seed, objective=args.objective,
+                      max_rate=args.max_rate, quiet=args.quiet or args.json)
+    print(json.dumps(res, indent=1, default=str) if args.json else format_summary(res))
+    return 0
+
+
 def cmd_retrieve(args: argparse.Namespace) -> int:
     """Retrieve the config's task (its `retrieval:` section) and print recall@k; results go to the response cache."""
     import json
@@ -348,6 +362,17 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     rt.add_argument("--json", action="store_true", help="print the summary as JSON")
     rt.set_defaults(fn=cmd_retrieve)
+    tf = sub.add_parser("tune-filter", help="tune RAG filters' knobs on a dev split, evaluate the choice on test")
+    tf.add_argument("config")
+    tf.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    tf.add_argument("--objective", choices=["accuracy", "ib"], default="accuracy",
+                    help="accuracy: best dev accuracy (under --max-rate); ib: lowest mean IB score")
+    tf.add_argument("--max-rate", type=float, default=None, help="compression rate limit for --objective accuracy")
+    tf.add_argument("--dev-fraction", type=float, default=0.5, help="share of question groups in dev (default 0.5)")
+    tf.add_argument("--split-seed", type=int, default=0, help="seed of the dev/test split")
+    tf.add_argument("--json", action="store_true", help="print the summary as JSON")
+    tf.add_argument("--quiet", action="store_true", help="no progress bars")
+    tf.set_defaults(fn=cmd_tune_filter)
     rp = sub.add_parser("report", help="markdown and self-contained HTML report with plots from a results store")
     rp.add_argument("store", help="results store: a SQLite file or a postgresql:// URL")
     rp.add_argument("--out", default=None, help="output folder (default results/report-<store name>)")
