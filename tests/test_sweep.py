@@ -165,3 +165,37 @@ def test_sigkill_then_rerun_finishes_with_the_clean_rows(tmp_path, clean_counts,
     assert _requests(r2.stdout) == total_requests - done
     with sqlite3.connect(tmp_path / "store.db") as db:
         assert db.execute("SELECT status FROM runs").fetchone()[0] == "done"
+
+
+def test_sweep_judges_free_text_answers(tmp_path):
+    """The engine's score stage runs the judge role: FinanceBench's free-text answers get a `judge` score with
+    the rubric version and raw output, one judge call per prediction; a rerun judges nothing again."""
+    need_pack("smollm2-135m")
+    import json
+
+    from harness.config import parse_config
+    from harness.metrics import JUDGE_RUBRIC_VERSION
+
+    smol = "gguf/smollm2-135m"
+    cfg = parse_config({
+        "name": "t-judge", "task": {"name": "financebench", "size": 2, "options": {"subset": "text"}},
+        "models": {"predictor": {"model": smol}, "judge": {"model": smol}}, "arms": ["no-context"],
+        "generation": {"predictor": {"max_new_tokens": 12}},
+        "sweep": {"compressors": [smol], "predictors": [smol]},
+        "output": {"cache": None, "store": str(tmp_path / "store.db")},
+    })  # fmt: skip
+    from harness.pipeline.plan import dry_run
+
+    assert dry_run(cfg)["generate_requests"]["judge"] == 2  # the plan counts the judge's calls
+    out = run_sweep(cfg, quiet=True)
+    assert out["usage"]["judge"]["calls"] == 2 and out["new_rows"]["scores"] == 2
+    with sqlite3.connect(tmp_path / "store.db") as db:
+        rows = db.execute("SELECT metric, parsed, flags_json, detail_json FROM scores").fetchall()
+    assert len(rows) == 2 and {r[0] for r in rows} == {"judge"}
+    for _, parsed, flags, detail in rows:
+        d = json.loads(detail)
+        assert d["rubric_version"] == JUDGE_RUBRIC_VERSION and "judge_raw" in d
+        assert parsed in ("CORRECT", "INCORRECT") or "unparseable" in json.loads(flags)
+    assert "judge" not in dry_run(cfg)["generate_requests"]
+    again = run_sweep(cfg, quiet=True)
+    assert "judge" not in again["usage"] and again["new_rows"].get("scores", 0) == 0

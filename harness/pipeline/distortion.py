@@ -22,7 +22,7 @@ from harness.config import RunConfig
 from harness.errors import UserError
 from harness.metrics import MetricResult, bits_per_byte, mean_with_ci
 from harness.pipeline.sinks import ErrorRecord, PredictionRecord, ScoreRecord, Sink
-from harness.pipeline.stages import Item, add_usage, chunks, predict_request
+from harness.pipeline.stages import Item, add_usage, chunks, predict_request, prompt_json
 from harness.records import GenParams, ScoreResult, Usage
 from harness.scoring import reply_request
 
@@ -70,11 +70,11 @@ def score_continuations(backend: Any, items: list[Item], cfg: RunConfig, writer:
             except Exception as e:  # a failed call: an error for these samples, never a score
                 msg = " ".join(f"{type(e).__name__}: {e}".split())[:500]
                 results = [ScoreResult([], [], Usage(), error=msg) for _ in part]
-        for k, (it, _) in enumerate(part):
+        for k, (it, req) in enumerate(part):
             if refused is not None:
                 _fail(it, writer, refused)
             else:
-                _record(it, results[k], cfg, writer, usage)
+                _record(it, results[k], cfg, writer, usage, prompt_json(req))
         if progress is not None:
             progress.update(len(part))
     return todo
@@ -116,7 +116,8 @@ def _fail(it: Item, writer: Sink, error: str) -> None:
     writer.error(ErrorRecord(it.sample.id, "predict", error, arm=it.arm))
 
 
-def _record(it: Item, r: ScoreResult, cfg: RunConfig, writer: Sink, usage: dict[str, float]) -> None:
+def _record(it: Item, r: ScoreResult, cfg: RunConfig, writer: Sink, usage: dict[str, float],
+            prompt: Any = None) -> None:
     reference = it.sample.answers[0]
     add_usage(usage, r.usage)
     it.extra["predictor_usage"] = r.usage
@@ -126,7 +127,7 @@ def _record(it: Item, r: ScoreResult, cfg: RunConfig, writer: Sink, usage: dict[
     if error is None and not math.isfinite(r.total):
         error = f"non-finite log-prob of the reference continuation ({r.total})"
     writer.prediction(PredictionRecord(it.sample.id, it.arm, cfg.models.predictor.model, "", r.usage,
-                                       it.prediction_truncated, error, kind="score-reference"))
+                                       it.prediction_truncated, error, kind="score-reference", prompt=prompt))
     if error is not None:
         _fail(it, writer, error)
         return

@@ -292,6 +292,38 @@ def _cell_hash(rc: RunConfig, arm: str) -> str:
     return knob_hash(keep)
 
 
+def _task_key(rc: RunConfig) -> str:
+    """The key of the samples a config's stages read: its task, and its retrieval section when it has one."""
+    if rc.retrieval is None:
+        return knob_hash(rc.task.model_dump(mode="json"))
+    # retrieved contexts are other samples: a key of their own
+    return knob_hash({"task": rc.task.model_dump(mode="json"), "retrieval": rc.retrieval.model_dump(mode="json")})
+
+
+def run_knobs(cfg: RunConfig) -> dict[str, Any]:
+    """The knobs a `harness run` cell records (as runs always have)."""
+    return {"compressor_generation": cfg.generation.compressor.model_dump(),
+            "predictor_generation": cfg.generation.predictor.model_dump(), "seed": cfg.seed,
+            "mi": cfg.mi.model_dump() if cfg.mi else None}
+
+
+def expand_run(cfg: RunConfig, run_id: str) -> Plan:
+    """A `harness run` config as a plan: one cell per arm, id `{run_id}/{arm}` (as runs always had), and one
+    compression unit when the compressed arm or MI needs compressions."""
+    plan = Plan(name=cfg.name, run_id=run_id)
+    task_key = _task_key(cfg)
+    plan.tasks[task_key] = cfg.task
+    plan.retrievals[task_key] = cfg.retrieval
+    unit_key = None
+    if cfg.models.compressor is not None and ("compressed" in cfg.arms or cfg.mi is not None):
+        unit_key = knob_hash(unit_key_fields(cfg))
+        plan.units[unit_key] = CompressUnit(unit_key, cfg, task_key, compression_knob_hash(cfg))
+    for arm in cfg.arms:
+        cid = f"{run_id}/{arm}"
+        plan.cells[cid] = Cell(cid, cfg, arm, task_key, unit_key if arm == "compressed" else None, run_knobs(cfg))
+    return plan
+
+
 def expand(cfg: RunConfig) -> Plan:
     """Expand a sweep config into compression units and cells (deduplicated)."""
     sw = cfg.sweep
@@ -313,10 +345,7 @@ def expand(cfg: RunConfig) -> Plan:
         where = ", ".join(f"{k}={v}" for k, v in setting.items())
         rc = parse_config(d, f"sweep cell ({d['models']['compressor']['model']} → {d['models']['predictor']['model']}"
                              f"{', ' + where if where else ''})")
-        task_key = knob_hash(rc.task.model_dump(mode="json"))
-        if rc.retrieval is not None:  # retrieved contexts are other samples: a key of their own
-            task_key = knob_hash({"task": rc.task.model_dump(mode="json"),
-                                  "retrieval": rc.retrieval.model_dump(mode="json")})
+        task_key = _task_key(rc)
         plan.tasks.setdefault(task_key, rc.task)
         plan.retrievals.setdefault(task_key, rc.retrieval)
         unit_key = None
@@ -402,6 +431,9 @@ def plan_models(plan: Plan) -> list[tuple[str, ModelConfig]]:
             out.setdefault(model_key(sc), ("models.scorer", sc))
     for c in plan.cells.values():
         out.setdefault(model_key(c.cfg.models.predictor), ("sweep.predictors", c.cfg.models.predictor))
+    for c in plan.cells.values():
+        if c.cfg.models.judge is not None:
+            out.setdefault(model_key(c.cfg.models.judge), ("models.judge", c.cfg.models.judge))
     return list(out.values())
 
 
@@ -502,6 +534,7 @@ def dry_run(cfg: RunConfig, *, retry_errors: bool = False) -> dict[str, Any]:
     are estimated as `TOKEN_ESTIMATE` says.
     """
     from harness.cost import model_arch
+    from harness.metrics import build_judge_messages
     from harness.pipeline.mi_stage import question_groups
     from harness.preflight import check_models, load_samples
     from harness.prompts import arm_input, arm_messages, render
@@ -637,6 +670,11 @@ def dry_run(cfg: RunConfig, *, retry_errors: bool = False) -> dict[str, Any]:
                     role.call(arch(pm), price(pm.model), p, _tokens(s.answers[0] if s.answers else ""), score=True)
                 else:
                     role.call(arch(pm), price(pm.model), p, rc.generation.predictor.max_new_tokens)
+                    jm = rc.models.judge
+                    if jm is not None and s.meta.get("needs_judge"):  # the score stage's judge call (8 tokens)
+                        answer = "x" * (4 * rc.generation.predictor.max_new_tokens)
+                        jp = _msg_tokens(build_judge_messages(s.question, s.answers, answer))
+                        roles.setdefault("judge", RoleCost()).call(arch(jm), price(jm.model), jp, 8)
             cells_out.append({"cell_id": c.cell_id, "task": rc.task.name, "arm": c.arm,
                               "compressor": u.compressor.model if u else None, "predictor": pm.model, "unit": c.unit,
                               "knobs": c.knobs, "samples": len(samples[c.task_key]), "predictions_todo": n_todo})

@@ -1,7 +1,7 @@
 """Typed records that stages hand to a sink, and the sink protocol.
 
-Each stage reports what it made as one of these records; a sink writes it where it belongs (the run's JSONL files
-and the results store: `harness.pipeline.record.Recorder`; the sweep's store adapters). A sink has one method per
+Each stage reports what it made as one of these records; a sink writes it where it belongs (the engine's store
+adapters in `harness.pipeline.sweep`; JSONL files: `harness.pipeline.record.Recorder`). A sink has one method per
 kind of record, so a record of a kind a sink does not take is an AttributeError, never a row silently dropped.
 `to_json()` is the record's JSONL row.
 """
@@ -57,6 +57,7 @@ class PredictionRecord:
     truncated: bool
     error: str | None
     kind: str = ""
+    prompt: Any = None  # what the predictor was given (`stages.prompt_json`), for the store
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"sample_id": self.sample_id, "arm": self.arm, "predictor": self.predictor,

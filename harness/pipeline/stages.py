@@ -87,6 +87,18 @@ def predict_request(backend: Any, prompts: Any, overflow: str, arm: str, sample:
     return fit_request(backend, build, text, overflow)
 
 
+def prompt_json(x: Any) -> dict[str, Any]:
+    """What a model or compressor was given, for the store's `prompt_json`: a generate or score request's chat
+    messages (or raw prompt), or for a compressor input without a request (`python/`, `filter/`) its question and
+    context."""
+    req = x if hasattr(x, "messages") else getattr(x, "request", None)  # a GenRequest or ScoreRequest
+    if req is None:
+        return {"question": x.sample.question, "context": x.context}
+    if req.messages:
+        return {"messages": [{"role": r, "content": c} for r, c in req.messages]}
+    return {"prompt": getattr(req, "prompt", None) or getattr(req, "prefix", None)}
+
+
 def progress_bar(total: int, desc: str, quiet: bool, leave: bool = True) -> Any:
     """A tqdm bar on stderr (counts, elapsed and remaining time, "stage k/n" and the run's ETA inside
     `harness.progress.run_progress`) that backends move per finished request; off when `quiet` or not a TTY."""

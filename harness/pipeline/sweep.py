@@ -7,8 +7,12 @@ duplicated. Stored errors are kept (not retried) unless `retry_errors` is set.
 
 Stages: (1) every compressor in turn compresses all its samples and scores its own compressions for MI,
 (2) the common proxy scorer scores every compressor's samples, (3) every predictor in turn predicts all its
-cells, (4) predictions are scored. One model is in memory at a time; each is loaded at most once per stage.
-A compression is made once and read by every predictor and by the MI estimator.
+cells, (4) predictions are scored (by the judge model, for samples that need one). One model is in memory at a
+time; each is loaded at most once per stage. A compression is made once and read by every predictor and by the MI
+estimator.
+
+`harness run` is a one-cell-per-arm plan (`plan.expand_run`) through this same engine (`Sweep(..., plan=...)`):
+its cells are new each run, stored errors are retried, and every failure also goes to the run's errors table.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from harness.pipeline.mi_stage import mi_stage
 from harness.pipeline.plan import (
     Cell,
     CompressUnit,
+    Plan,
     adopt_legacy_mi,
     check_plan_retrieval,
     compression_variants,
@@ -39,13 +44,22 @@ from harness.pipeline.plan import (
     expand,
     model_key_fields,
     plan_models,
+    read_key,
     read_variant,
     sampling_params,
     task_samples,
 )
 from harness.pipeline.record import store_mi_row
 from harness.pipeline.sinks import ErrorRecord, PredictionRecord, ScoreRecord
-from harness.pipeline.stages import Item, params_from, predict_request, progress_bar, run_generation_stage
+from harness.pipeline.stages import (
+    Item,
+    add_usage,
+    params_from,
+    predict_request,
+    progress_bar,
+    prompt_json,
+    run_generation_stage,
+)
 from harness.preflight import announce, check_models, check_outputs, load_samples
 from harness.records import Generation, GenParams, GenRequest, Sample, Usage
 from harness.store.lease import Leases
@@ -77,23 +91,31 @@ class _MIWriter:
 
 
 class Sweep:
-    """Executes a plan against a results store; see the module docstring."""
+    """Executes a plan against a results store; see the module docstring.
 
-    def __init__(self, cfg: RunConfig, *, retry_errors: bool = False, quiet: bool = False):
+    plan: a plan made elsewhere (`harness run`'s `plan.expand_run`; default: `plan.expand(cfg)`, a sweep);
+    store_url: the results store (default `output.store`); models: (config field, config) of every model, for
+    the checks' messages (default `plan.plan_models`). A run's plan (`per_run`) retries stored errors, keeps each
+    failure in the run's errors table, and leaves a failed compression's samples without a prediction row.
+    """
+
+    def __init__(self, cfg: RunConfig, *, retry_errors: bool = False, quiet: bool = False, plan: Plan | None = None,
+                 store_url: str | None = None, models: list[tuple[str, ModelConfig]] | None = None):
         from harness.backends.cache import ResponseCache
         from harness.store import Store
 
-        if not cfg.output.store:
+        store_url = store_url or cfg.output.store
+        if not store_url:
             raise UserError("output.store: a sweep needs a results store (a SQLite path or postgresql:// URL)")
         self.cfg = cfg
-        self.plan = expand(cfg)
-        if any(c.cfg.models.judge is not None for c in self.plan.cells.values()):
-            raise UserError("models.judge: sweeps do not run a judge yet; score judged tasks with `harness run`")
-        self.retry = retry_errors
+        self.per_run = plan is not None
+        self.plan = plan if plan is not None else expand(cfg)
+        self.retry = retry_errors or self.per_run
         self.quiet = quiet
         # every check before any file is created: a bad config leaves no empty store or cache behind
-        check_outputs(cfg, run_folder=False)
-        models = self._models()
+        check_outputs(cfg, run_folder=self.per_run)
+        models = models if models is not None else self._models()
+        self.fields = {self._mkey(mc): f for f, mc in models}
         check_models(models)
         check_plan_retrieval(self.plan)
         # the task's samples as loaded (stored), and the ones the stages read (retrieved where a cell says so)
@@ -102,11 +124,15 @@ class Sweep:
         self.cache = ResponseCache(cfg.output.cache) if cfg.output.cache else None
         self.samples: dict[str, list[Sample]] = {tk: task_samples(self.plan, tk, ss, self.cache)
                                                  for tk, ss in self.task_samples.items()}
-        self.store = Store.open(cfg.output.store)
+        self.store = Store.open(store_url)
         self.model_ids: dict[str, int] = {}
+        self.identities: dict[str, Any] = {}  # model key -> its ModelIdentity
         self.backends: dict[str, Any] = {}
         self.counts: Counter[str] = Counter()
         self.leases: Leases | None = None
+        # calls per role (calls, tokens, seconds, cached), a stored compression read again counted as cached
+        self.usage: dict[str, dict[str, float]] = {"compressor": {}, "predictor": {}}
+        self.mi_results: list[dict[str, Any]] = []  # the pooled row of every MI estimate made, in order
 
     # ---- models ----
     def _models(self) -> list[tuple[str, ModelConfig]]:
@@ -120,6 +146,7 @@ class Sweep:
     def _backend(self, mc: ModelConfig, field: str) -> Any:
         """The backend of a model (lazy), or for a compressor that is not an LM (python/, filter/) the compressor."""
         k = self._mkey(mc)
+        field = self.fields.get(k, field)
         if k not in self.backends:
             lm = mc.backend in LM_BACKENDS
             self.backends[k] = (make_backend(mc, field=field, cache=self.cache) if lm
@@ -139,7 +166,8 @@ class Sweep:
         k = self._mkey(mc)
         if k not in self.model_ids:
             be = self._backend(mc, field)
-            self.model_ids[k] = self.store.model_id(be.identity(), model_meta(mc, be))
+            self.identities[k] = be.identity()
+            self.model_ids[k] = self.store.model_id(self.identities[k], model_meta(mc, be))
         return self.model_ids[k]
 
     def _release(self, mc: ModelConfig) -> None:
@@ -155,20 +183,9 @@ class Sweep:
         stats0 = dict(STATS)
         p = self.plan
         self.store.start_run(run_id=p.run_id, name=p.name, config=self.cfg, git_commit=_git_commit())
-        for tk, t in p.tasks.items():
-            self.store.add_samples(t.name, self.task_samples[tk])
-        # MI rows an older sweep stored before M and N were in their key are kept (see plan.adopt_legacy_mi)
-        adopt_legacy_mi(p, self.store, self.samples, lambda mc: self._model_id(mc, "sweep.compressors"))
-        for c in p.cells.values():
-            mc = c.cfg.models.compressor
-            self.store.upsert_cell(
-                cell_id=c.cell_id, run_id=p.run_id, task=c.cfg.task.name, arm=c.arm,
-                predictor_model_id=self._model_id(c.cfg.models.predictor, "sweep.predictors"),
-                compressor_model_id=self._model_id(mc, "sweep.compressors") if c.unit and mc else None,
-                knobs={**c.knobs, "knob_hash": p.units[c.unit].mi_hash if c.unit else None},
-            )
-        leases = self.leases = self.store.leases(p.run_id)  # several workers on this store split the stages' units
         try:
+            self._start()
+            self.leases = self.store.leases(p.run_id)  # several workers on this store split the stages' units
             self.compress_stage()
             _crash("stage:mi")
             self.proxy_mi_stage()
@@ -186,7 +203,8 @@ class Sweep:
             for be in self.backends.values():
                 be.close()
             self.backends.clear()
-            leases.close()  # unfinished units go back to the other workers at once
+            if self.leases is not None:
+                self.leases.close()  # unfinished units go back to the other workers at once
         self.store.finish_run(p.run_id, "done")
         out = {
             "name": p.name, "run_id": p.run_id, "cells": len(p.cells), "units": len(p.units),
@@ -194,9 +212,25 @@ class Sweep:
             "model_loads": STATS["model_loads"] - stats0.get("model_loads", 0),
             "generate_requests": STATS["generate_requests"] - stats0.get("generate_requests", 0),
             "score_requests": STATS["score_requests"] - stats0.get("score_requests", 0),
-            "new_rows": dict(self.counts), "store": self.store.url,
+            "new_rows": dict(self.counts), "store": self.store.url, "usage": self.usage,
         }
         return out
+
+    def _start(self) -> None:
+        """Store the plan's samples and cells (their models registered)."""
+        p = self.plan
+        for tk, t in p.tasks.items():
+            self.store.add_samples(t.name, self.task_samples[tk])
+        if not self.per_run:  # MI rows an older sweep stored before M and N were in their key are kept
+            adopt_legacy_mi(p, self.store, self.samples, lambda mc: self._model_id(mc, "sweep.compressors"))
+        for c in p.cells.values():
+            mc = c.cfg.models.compressor
+            self.store.upsert_cell(
+                cell_id=c.cell_id, run_id=p.run_id, task=c.cfg.task.name, arm=c.arm,
+                predictor_model_id=self._model_id(c.cfg.models.predictor, "sweep.predictors"),
+                compressor_model_id=self._model_id(mc, "sweep.compressors") if c.unit and mc else None,
+                knobs={**c.knobs, "knob_hash": p.units[c.unit].mi_hash if c.unit else None},
+            )
 
     def close(self) -> None:
         self.store.close()
@@ -226,19 +260,25 @@ class Sweep:
                 rc = u.cfg
                 comp = self._compressor(u)
                 for s in self.samples[u.task_key]:
-                    todo = [(kind, j, prm) for kind, j, prm in self._variants(rc, s.id)
-                            if (rc.task.name, u.knob_hash, s.id, j, prm.seed) not in seen
-                            and not self._stored_ok(self.store.find_compression(
-                                compressor_model_id=mid, task=rc.task.name, sample_id=s.id, knob_hash=u.knob_hash,
-                                sample_index=j, seed=prm.seed))]
-                    seen.update((rc.task.name, u.knob_hash, s.id, j, prm.seed) for _, j, prm in todo)
+                    todo = []
+                    for kind, j, prm in self._variants(rc, s.id):
+                        if (rc.task.name, u.knob_hash, s.id, j, prm.seed) in seen:
+                            continue
+                        seen.add((rc.task.name, u.knob_hash, s.id, j, prm.seed))
+                        row = self.store.find_compression(compressor_model_id=mid, task=rc.task.name, sample_id=s.id,
+                                                          knob_hash=u.knob_hash, sample_index=j, seed=prm.seed)
+                        if self._stored_ok(row):  # read again, no call: its usage counts as cached
+                            add_usage(self.usage["compressor"], row.to_generation().usage)
+                        else:
+                            todo.append((kind, j, prm))
                     if not todo:
                         continue
                     ctx_tokens = comp.count_tokens(s.context)
                     inp, err = comp.prepare(s, rc.overflow)
                     trunc = inp is not None and inp.truncated
+                    prompt = None if inp is None else prompt_json(inp)
                     for kind, j, prm in todo:
-                        meta = (u, s, kind, j, prm.seed, ctx_tokens, trunc)
+                        meta = (u, s, kind, j, prm.seed, ctx_tokens, trunc, prompt)
                         if err or inp is None:
                             self._store_compression(mid, meta, None, err or "the compressor could not take this sample")
                         else:
@@ -277,15 +317,23 @@ class Sweep:
         return mc
 
     def _store_compression(self, mid: int, meta: tuple[Any, ...], g: Generation | None, err: str | None) -> None:
-        u, s, kind, j, seed, ctx_tokens, trunc = meta
+        """The one place the engine stores a compression (made, or failed), with the prompt its compressor got."""
+        u, s, kind, j, seed, ctx_tokens, trunc, prompt = meta
         cid = self.store.add_compression(
             compressor_model_id=mid, task=u.cfg.task.name, sample_id=s.id, knob_hash=u.knob_hash,
             text=g.text if g else "", sample_index=j, seed=seed, token_ids=g.token_ids if g else None,
             n_tokens=(len(g.token_ids) or g.usage.completion_tokens) if g and not err else None,
             context_tokens=ctx_tokens, truncated=trunc, finish_reason=g.finish_reason if g else None,
             params={"kind": kind}, error=err, run_id=self.plan.run_id, usage=g.usage if g else None,
-            **self._cost(u.compressor, g),
+            prompt=prompt, **self._cost(u.compressor, g),
         )
+        if g is not None:
+            add_usage(self.usage["compressor"], g.usage)
+        if err and self.per_run:  # kept per run, whatever later runs store for this compression
+            read = (kind, j) == read_key(u.cfg)  # the compression the predictor would read
+            self.store.add_error(run_id=self.plan.run_id, stage="compress", message=err,
+                                 ref_kind="compression" if read else "mi_sample", ref_id=f"{kind}:{j}",
+                                 sample_id=s.id)
         store_terms(self.store, cid, g, self.plan.run_id)  # issue #13: a filter compression's IB terms, if any
         self.counts["compressions"] += 1
         _crash("compress", self.counts["compressions"])
@@ -322,8 +370,8 @@ class Sweep:
             return
         comp_ident = self._backend(rc.models.compressor, "sweep.compressors").identity()
         writer = _MIWriter(self.store, self.plan.run_id, rc.task.name, cmid, scorer_id, u.mi_hash)
-        mi_stage(rc, be, label, comp_ident, self.samples[u.task_key], self._comp_output(u, cmid), writer,
-                 quiet=self.quiet)
+        self.mi_results.append(mi_stage(rc, be, label, comp_ident, self.samples[u.task_key],
+                                        self._comp_output(u, cmid), writer, quiet=self.quiet))
         self.counts["mi_estimates"] += 1
 
     # ---- stage 2: the common proxy scorer ----
@@ -386,18 +434,20 @@ class Sweep:
                     summary, comp_id, err = self._compression_for(c, s) if c.arm == "compressed" else (None, None, None)
                     if self._finished(c, s, comp_id):
                         continue
+                    if err and self.per_run and comp_id is not None:
+                        continue  # a run keeps a failed compression in its errors table (compress stage), no row here
                     if err:
-                        self._store_prediction((c, s, comp_id, False), None, err)
+                        self._store_prediction((c, s, comp_id, False, None), None, err)
                         continue
                     if s.answer_type == "continuation":
                         items.append(Item(s, c.arm, compression=_text_generation(summary), extra={"comp_id": comp_id}))
                         continue
                     req, trunc, ferr = predict_request(be, rc.prompts, rc.overflow, c.arm, s, summary, pparams)
                     if ferr:
-                        self._store_prediction((c, s, comp_id, False), None, ferr)
+                        self._store_prediction((c, s, comp_id, False, None), None, ferr)
                     else:
                         assert req is not None
-                        jobs.append(((c, s, comp_id, trunc), req))
+                        jobs.append(((c, s, comp_id, trunc, prompt_json(req)), req))
                 if items:
                     continuations.append((c, items))
 
@@ -414,21 +464,33 @@ class Sweep:
         self._switch(loaded, None)
 
     def _store_prediction(self, meta: tuple[Any, ...], g: Generation | None, err: str | None) -> int:
-        c, s, comp_id, trunc = meta
+        """The one place the engine stores a prediction (made, or failed), with the prompt its predictor got."""
+        c, s, comp_id, trunc, prompt = meta
         pid = self.store.add_prediction(
             cell_id=c.cell_id, sample_id=s.id, arm=c.arm, text=g.text if g else "", compression_id=comp_id,
             truncated=trunc, error=err, n_tokens=(len(g.token_ids) or g.usage.completion_tokens) if g else None,
-            finish_reason=g.finish_reason if g else None, usage=g.usage if g else None,
+            finish_reason=g.finish_reason if g else None, usage=g.usage if g else None, prompt=prompt,
             **self._cost(c.cfg.models.predictor, g),
         )
+        if g is not None:
+            add_usage(self.usage["predictor"], g.usage)
+        if err:
+            self._log_error(c, s, "predict", err)
         self.counts["predictions"] += 1
         _crash("predict", self.counts["predictions"])
         return pid
 
-    # ---- stage 4: score ----
+    def _log_error(self, c: Cell, s: Sample, stage: str, err: str) -> None:
+        """A run's failure of one sample in one cell, kept in the run's errors table (sweeps keep it on the row)."""
+        if self.per_run:
+            self.store.add_error(run_id=self.plan.run_id, stage=stage, message=err, ref_kind=c.arm, ref_id=c.cell_id,
+                                 sample_id=s.id)
+
+    # ---- stage 4: score (a judge model for the samples that need one) ----
     def score_stage(self) -> None:
         from harness.metrics import score_prediction
 
+        loaded: ModelConfig | None = None
         for c in self._claimed("score", list(self.plan.cells.values()), lambda c: c.cell_id):
             by_id = {s.id: s for s in self.samples[c.task_key]}
             _, rows = self.store.query(
@@ -437,14 +499,52 @@ class Sweep:
                 "WHERE p.cell_id = ? AND p.error IS NULL AND s.score_id IS NULL ORDER BY p.prediction_id",
                 (c.cell_id,),
             )
+            judged: list[tuple[int, Sample, str]] = []
             for pid, sid, text in rows:
-                if by_id[sid].answer_type == "continuation":
+                s = by_id[sid]
+                if s.answer_type == "continuation":
                     continue  # scored (bits per byte) in the predict stage; redone there if unfinished
-                sc = score_prediction(by_id[sid], text)
-                self.store.add_score(prediction_id=int(pid), metric=sc.name, value=sc.value, correct=sc.correct,
-                                     parsed=sc.parsed, flags=list(sc.flags), detail=sc.extra or None)
-                self.counts["scores"] += 1
+                if c.cfg.models.judge is not None and s.meta.get("needs_judge"):
+                    judged.append((int(pid), s, text))
+                    continue
+                self._store_score(int(pid), score_prediction(s, text))
+            if judged:
+                loaded = self._switch(loaded, c.cfg.models.judge)
+                self._judge(c, judged)
             self.store.set_cell_status(c.cell_id, "score", "done")
+        self._switch(loaded, None)
+
+    def _store_score(self, pid: int, sc: Any) -> None:
+        self.store.add_score(prediction_id=pid, metric=sc.name, value=sc.value, correct=sc.correct, parsed=sc.parsed,
+                             flags=list(sc.flags), detail=sc.extra or None)
+        self.counts["scores"] += 1
+
+    def _judge(self, c: Cell, todo: list[tuple[int, Sample, str]]) -> None:
+        """Judge one cell's predictions with its `judge` model (greedy, 8 tokens).
+
+        The rubric is fixed and versioned (`harness.metrics.JUDGE_RUBRIC_VERSION`); the raw output and the verdict
+        are stored with the score. A failed judge call is an error for that sample (no score), never a verdict.
+        """
+        from harness.metrics import build_judge_messages, judge_score
+
+        mj = c.cfg.models.judge
+        assert mj is not None
+        be = self._backend(mj, "models.judge")
+        params = GenParams(max_new_tokens=8, temperature=0.0, seed=c.cfg.seed)
+        jobs = [((pid, s, text), GenRequest.chat(build_judge_messages(s.question, s.answers, text), params))
+                for pid, s, text in todo]
+        usage = self.usage.setdefault("judge", {})
+
+        def done(meta: tuple[int, Sample, str], g: Generation) -> None:
+            pid, s, text = meta
+            add_usage(usage, g.usage)
+            if g.error:
+                self._log_error(c, s, "score", f"judge: {g.error}")
+                return
+            self._store_score(pid, judge_score(s, text, lambda _msgs, t=g.text: t))
+
+        with progress_bar(len(jobs), f"judge {mj.model}", self.quiet) as bar:
+            run_generation_stage(be, jobs, done, chunk=max(mj.batch_size, 1) * 2, progress=bar)
 
 
 def _text_generation(text: str | None) -> Generation | None:
@@ -463,7 +563,8 @@ class _ContinuationWriter:
     def prediction(self, r: PredictionRecord) -> None:
         s, comp_id = self.samples[r.sample_id], self.comp_ids[r.sample_id]
         g = Generation(text="", token_ids=[], logprobs=None, usage=r.usage, finish_reason="score-reference")
-        self.pred_ids[r.sample_id] = self.sweep._store_prediction((self.cell, s, comp_id, r.truncated), g, r.error)
+        self.pred_ids[r.sample_id] = self.sweep._store_prediction((self.cell, s, comp_id, r.truncated, r.prompt), g,
+                                                                  r.error)
 
     def score(self, r: ScoreRecord) -> None:
         sc = r.score
@@ -472,9 +573,12 @@ class _ContinuationWriter:
         self.sweep.counts["scores"] += 1
 
     def error(self, r: ErrorRecord) -> None:
+        s, comp_id = self.samples[r.sample_id], self.comp_ids[r.sample_id]
         if r.sample_id not in self.pred_ids:  # failed before any call: the error is the prediction row
-            s, comp_id = self.samples[r.sample_id], self.comp_ids[r.sample_id]
-            self.pred_ids[r.sample_id] = self.sweep._store_prediction((self.cell, s, comp_id, False), None, r.error)
+            self.pred_ids[r.sample_id] = self.sweep._store_prediction((self.cell, s, comp_id, False, None), None,
+                                                                      r.error)
+        else:
+            self.sweep._log_error(self.cell, s, r.stage, r.error)
 
 
 def cell_table(store: Any, run_id: str) -> str:
