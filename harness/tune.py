@@ -81,6 +81,9 @@ def _run_split(rc: RunConfig, ids: set[str], quiet: bool) -> tuple[dict[str, Any
 
     sw = Sweep(rc, quiet=quiet)
     try:
+        for c in sw.plan.cells.values():  # the setting's label, stored in the cell's knobs (the report's labels)
+            if c.arm == "compressed" and c.cfg.models.compressor is not None:
+                c.knobs = {**c.knobs, "filter": setting_label(c.cfg.models.compressor.model_dump(mode="json"))}
         for attr in ("samples", "task_samples"):
             table = getattr(sw, attr)
             for k in table:
@@ -207,8 +210,10 @@ def tune_filter(cfg: RunConfig, *, dev_fraction: float = 0.5, split_seed: int = 
         best = cand[k_all]["setting"] if k_all is not None else None
         # test: each kind's chosen setting once (the oracle's as reference), on samples the choice never read
         tcomps = [r["compressor"] for r in chosen.values()]
-        tsum, tcells = _run_split(_sub_config(cfg, task, f"{base}-test", tcomps), set(test), quiet)
-        tnum = _numbers(cfg.output.store, tsum["run_id"], tcells, task.name, set(test))
+        tsum, tcells, tnum = {"run_id": None}, {}, {}
+        if tcomps and test:
+            tsum, tcells = _run_split(_sub_config(cfg, task, f"{base}-test", tcomps), set(test), quiet)
+            tnum = _numbers(cfg.output.store, tsum["run_id"], tcells, task.name, set(test))
         test_rows = {}
         for cid, comp in tcells.items():
             n = tnum.get(cid, {})

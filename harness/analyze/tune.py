@@ -170,7 +170,7 @@ def filter_section(frames: dict[str, pd.DataFrame], cells: pd.DataFrame, folder:
         return L
     L += ["## Filters: accuracy vs compression rate", ""]
     for task, g in fc.groupby("task", sort=True):
-        labels = [f"{c} {k}".strip() if isinstance(k, str) else str(c)
+        labels = [k.removeprefix("filter=") if isinstance(k, str) and k.startswith("filter=") else str(c)
                   for c, k in zip(g["compressor"], g["knobs"], strict=True)]
         labels = [f"{lab} ({rid})" for lab, rid in zip(labels, g["run_id"], strict=True)]
         fname = f"pareto-{slug(str(task))}"
