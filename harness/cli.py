@@ -410,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs.set_defaults(fn=cmd_rescore)
     vw = sub.add_parser("view", help="read-only web viewer of a results store on 127.0.0.1",
                         description="Serve a read-only viewer of STORE (grid, cells, samples, comparisons, plots) on "
-                        "127.0.0.1. Example: harness view results/sweep-small.db --port 8765 --no-browser")
+                        "127.0.0.1 and print its URL.")
     vw.add_argument("store", help="results store: a SQLite file or a postgresql:// URL")
     vw.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port; default 8765)")
     vw.add_argument("--report", default=None, metavar="DIR", help="folder of the report's plots "
