@@ -40,7 +40,7 @@ TRANSPORT_KEY_VALUES: dict[str, Any] = {"device": "auto", "batch_size": 4, "max_
 TRANSPORT_FIELDS = tuple(TRANSPORT_KEY_VALUES)
 
 #: config sections added after keys were first written: left out of every key while unset, so older ids stay
-LATER_SECTIONS = ("retrieval",)
+LATER_SECTIONS = ("retrieval", "research")
 
 
 # ---------------------------------------------------------------------------- model and compression keys
