@@ -32,12 +32,13 @@ import transformers
 
 import harness.metrics
 import harness.pipeline.run as run_mod
+import harness.pipeline.sweep as sweep_mod
 from harness.backends.base import STATS
 from harness.backends.registry import make_backend
 from harness.backends.transformers import TransformersBackend
 from harness.config import RunConfig, load_config
-from harness.pipeline.record import Recorder
 from harness.pipeline.stages import chunks, params_from
+from harness.pipeline.sweep import Sweep
 from harness.prompts import arm_input, arm_messages, render
 from harness.records import Generation, GenParams, GenRequest, Sample
 from harness.store import Store
@@ -99,12 +100,16 @@ def patch_harness(tm: Timers) -> None:
     TB = TransformersBackend
     tm.patch(TB, "count_prompt_tokens", "token counting (fit_request, context_tokens)")
     tm.patch(TB, "count_tokens", "token counting (fit_request, context_tokens)")
-    for name in ("sample", "compression", "prediction", "score", "error", "mi"):
-        tm.patch(Recorder, name, "row writes (JSONL + store)")
+    for name in ("_store_compression", "_store_prediction", "_store_score", "_log_error"):
+        tm.patch(Sweep, name, "row writes (store)")
+    for name in ("find_compression", "find_prediction", "query"):
+        tm.patch(Store, name, "store look-ups (resume)")
+    tm.patch(run_mod, "export_run", "JSONL export of the store")
+    tm.patch(run_mod, "summarize", "run summary from the store")
     for name in ("open", "start_run", "add_samples", "model_id", "upsert_cell", "finish_run", "close"):
         tm.patch(Store, name, "store setup / finish")
     tm.patch(run_mod, "_git_commit", "git rev-parse (subprocess)")
-    tm.patch(run_mod, "load_task", "load_task")
+    tm.patch(sweep_mod, "load_samples", "load_task")
     tm.patch(harness.metrics, "score_prediction", "score_prediction")
 
 

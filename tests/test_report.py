@@ -493,46 +493,6 @@ def test_sweep_table_is_the_report_cell_summary(store_url):
         assert cells.loc[cid, "samples"] == N and cells.loc[cid, "answered"] == N - errors
 
 
-def test_run_summary_is_the_cell_summary():
-    """Pure logic (hand-made items and scores, no model): `harness run`'s per-arm numbers are the summariser's:
-    an errored item is counted under errors and not as wrong, unparseable and truncated are counted, token_ratio is
-    `metrics.token_ratio` per compression, and a bits-per-byte interval is clipped at 0."""
-    from harness.config import parse_config
-    from harness.metrics import MetricResult, accuracy_with_ci, mean_with_ci
-    from harness.pipeline.run import summarize
-    from harness.pipeline.stages import Item
-    from harness.records import Generation
-
-    cfg = parse_config({"task": {"name": "synthetic-records"}, "arms": ["compressed", "no-context"],
-                        "models": {"compressor": {"model": "gguf/smollm2-135m"},
-                                   "predictor": {"model": "gguf/smollm2-135m"}}})  # fmt: skip
-    smp = [Sample(f"s{i}", "q?", (Document("d", "x"),), ("1",)) for i in range(4)]
-
-    def gen(n_tok: int, err: str | None = None, cached: bool = False) -> Generation:
-        return Generation("z", list(range(n_tok)), None, Usage(40, n_tok, 0.5, cached), error=err)
-
-    items = [
-        Item(smp[0], "compressed", 100, gen(10), prediction=gen(2), score=MetricResult("em", 1.0, True, "1")),
-        Item(smp[1], "compressed", 200, gen(20), prediction=gen(2, cached=True), prediction_truncated=True,
-             score=MetricResult("em", 0.0, False, None, ("unparseable",))),
-        Item(smp[2], "compressed", 100, gen(0, "CUDA OOM"), error="CUDA OOM", error_stage="compress"),
-        Item(smp[3], "compressed", 100, gen(30), prediction=gen(2, "timeout"), error="timeout", error_stage="predict"),
-        Item(smp[0], "no-context", score=MetricResult("bits_per_byte", 0.1, None, None), prediction=gen(0)),
-        Item(smp[1], "no-context", score=MetricResult("bits_per_byte", 3.0, None, None), prediction=gen(0)),
-    ]  # fmt: skip
-    comp, bpb = summarize(cfg, items, {})["rows"]
-    assert (comp["n"], comp["errors"], comp["answered"], comp["scored"]) == (4, 2, 2, 2)
-    assert comp["accuracy"] == 0.5 and comp["accuracy_ci"] == pytest.approx(accuracy_with_ci([True, False])[1:])
-    assert (comp["unparseable"], comp["truncated"]) == (1, 1)
-    assert comp["summary_tokens"] == pytest.approx(20.0)  # 10, 20 and 30 tokens; the errored compression not
-    assert comp["token_ratio"] == pytest.approx((0.1 + 0.1 + 0.3) / 3)
-    assert comp["predictor_usage"] == {"calls": 3, "prompt_tokens": 120, "completion_tokens": 6,
-                                       "seconds": pytest.approx(1.0), "cached": 1}  # fmt: skip
-    m, lo, hi = mean_with_ci([0.1, 3.0])
-    assert bpb["accuracy"] is None and bpb["bits_per_byte"] == pytest.approx(m) and lo < 0
-    assert bpb["bits_per_byte_ci"] == pytest.approx([0.0, hi])
-
-
 def test_analyze_modules_import_no_private_names():
     """No module of `harness` imports a private (_-prefixed) name from `harness.analyze`, and no analyze module
     imports one from anywhere in `harness`."""

@@ -120,3 +120,79 @@ def test_judge_role_scores_free_text_answers(tmp_path):
         assert x["detail"]["rubric_version"] == JUDGE_RUBRIC_VERSION and "judge_raw" in x["detail"]
         assert x["parsed"] in ("CORRECT", "INCORRECT") or "unparseable" in x["flags"]
     assert s["usage"]["judge"]["calls"] == 2
+
+
+def test_run_summary_is_the_cell_summary():
+    """Pure logic (hand-made sample rows, no model): `harness run`'s per-arm numbers are the summariser's: an
+    errored sample is counted under errors and not as wrong, unparseable and truncated are counted, token_ratio is
+    `metrics.token_ratio` per compression, and a bits-per-byte interval is clipped at 0. (Moved from
+    tests/test_report.py with `arm_row`, which now maps a cell's numbers to the run's row.)"""
+    import pandas as pd
+    import pytest
+
+    from harness.analyze.frames import SAMPLE_COLUMNS, summarize_cell
+    from harness.config import parse_config
+    from harness.metrics import accuracy_with_ci, mean_with_ci
+    from harness.pipeline.run import arm_row
+
+    cfg = parse_config({"task": {"name": "synthetic-records"}, "arms": ["compressed", "no-context"],
+                        "models": {"compressor": {"model": "gguf/smollm2-135m"},
+                                   "predictor": {"model": "gguf/smollm2-135m"}}})  # fmt: skip
+
+    def row(sid: str, status: str, *, stage: str | None = None, metric: str | None = None, correct=None,
+            value=None, flags=(), comp: tuple[int, int, str | None] | None = None, pred: tuple | None = None,
+            ptrunc: bool = False) -> dict:
+        d = {"sample_id": sid, "status": status, "error_stage": stage, "metric": metric, "correct": correct,
+             "value": value, "flags_json": list(flags), "prediction_truncated": ptrunc}
+        if comp is not None:  # (summary tokens, context tokens, compression error)
+            d |= {"compression_id": sid, "summary_tokens": comp[0], "context_tokens": comp[1],
+                  "compression_error": comp[2]}
+        if pred is not None:  # (prompt tokens, completion tokens, seconds, cached)
+            d |= dict(zip(("pred_prompt_tokens", "pred_completion_tokens", "pred_seconds", "pred_cached"), pred,
+                          strict=True))
+        return d
+
+    compressed = [
+        row("s0", "ok", metric="em", correct=True, value=1.0, comp=(10, 100, None), pred=(40, 2, 0.5, False)),
+        row("s1", "ok", metric="em", correct=False, value=0.0, flags=("unparseable",), comp=(20, 200, None),
+            pred=(40, 2, 0.5, True), ptrunc=True),
+        row("s2", "error", stage="compress", comp=(0, 100, "CUDA OOM")),
+        row("s3", "error", stage="predict", comp=(30, 100, None), pred=(40, 2, 0.5, False)),
+    ]  # fmt: skip
+    no_context = [row("s0", "value", metric="bits_per_byte", value=0.1, pred=(40, 0, 0.5, False)),
+                  row("s1", "value", metric="bits_per_byte", value=3.0, pred=(40, 0, 0.5, False))]
+    comp, bpb = (arm_row(cfg, arm, summarize_cell(pd.DataFrame(rows, columns=SAMPLE_COLUMNS)))
+                 for arm, rows in (("compressed", compressed), ("no-context", no_context)))
+    assert (comp["n"], comp["errors"], comp["answered"], comp["scored"]) == (4, 2, 2, 2)
+    assert comp["accuracy"] == 0.5 and comp["accuracy_ci"] == pytest.approx(accuracy_with_ci([True, False])[1:])
+    assert (comp["unparseable"], comp["truncated"]) == (1, 1)
+    assert comp["summary_tokens"] == pytest.approx(20.0)  # 10, 20 and 30 tokens; the errored compression not
+    assert comp["token_ratio"] == pytest.approx((0.1 + 0.1 + 0.3) / 3)
+    assert comp["predictor_usage"] == {"calls": 3, "prompt_tokens": 120, "completion_tokens": 6,
+                                       "seconds": pytest.approx(1.0), "cached": 1}  # fmt: skip
+    m, lo, hi = mean_with_ci([0.1, 3.0])
+    assert bpb["accuracy"] is None and bpb["bits_per_byte"] == pytest.approx(m) and lo < 0
+    assert bpb["bits_per_byte_ci"] == pytest.approx([0.0, hi])
+
+
+def test_stored_compressions_and_predictions_carry_their_prompts(tmp_path):
+    """Every compression and prediction a run stores holds the rendered prompt its model got (prompt_json: the
+    chat messages), and that prompt contains the sample's question."""
+    need_pack("smollm2-135m")
+    import sqlite3
+
+    from harness.tasks import load_task
+
+    models = {"compressor": {"model": "gguf/smollm2-135m"}, "predictor": {"model": "gguf/smollm2-135m"}}
+    gen = {"compressor": {"max_new_tokens": 6}, "predictor": {"max_new_tokens": 4}}
+    cfg = _cfg(tmp_path, models=models, generation=gen, arms=["compressed", "full-context"])
+    run(cfg, quiet=True)
+    questions = {s.id: s.question for s in load_task(cfg.task.name, size=cfg.task.size, seed=cfg.task.seed,
+                                                       split=cfg.task.split, options=cfg.task.options)}
+    with sqlite3.connect(tmp_path / "store.db") as db:
+        comps = db.execute("SELECT sample_id, prompt_json FROM compressions").fetchall()
+        preds = db.execute("SELECT sample_id, prompt_json FROM predictions").fetchall()
+    assert len(comps) == 2 and len(preds) == 4
+    for sid, prompt in comps + preds:
+        msgs = json.loads(prompt)["messages"]
+        assert msgs and questions[sid] in "\n".join(m["content"] for m in msgs), (sid, prompt)

@@ -1,4 +1,4 @@
-"""Run one config: tasks → compress → predict (each arm) → score, writing rows as work finishes."""
+"""`harness run CONFIG`: one config as a one-cell-per-arm plan through the sweep engine, and the run table."""
 
 from __future__ import annotations
 
@@ -13,18 +13,9 @@ from typing import Any
 
 from harness import __version__
 from harness.backends.base import STATS
-from harness.backends.cache import ResponseCache
-from harness.backends.registry import make_backend
-from harness.compressors import Compressor, make_compressor
 from harness.config import LM_BACKENDS, RunConfig
-from harness.pipeline.compress import CompKey, compress_stage
-from harness.pipeline.distortion import score_continuations
-from harness.pipeline.mi_stage import mi_stage
-from harness.pipeline.plan import read_key, reads_sampled
-from harness.pipeline.record import Recorder
-from harness.pipeline.sinks import ErrorRecord, PredictionRecord, ScoreRecord
-from harness.pipeline.stages import Item, add_usage, params_from, predict_request, progress_bar, run_generation_stage
-from harness.records import Generation, GenParams, GenRequest
+from harness.pipeline.export import export_run
+from harness.pipeline.plan import expand_run, model_key, reads_sampled
 from harness.store.redact import redact
 
 
@@ -41,297 +32,123 @@ def _git_commit() -> str | None:
         return None
 
 
-def _cost_fn(cfg: RunConfig, backends: dict[str, Any]) -> Any:
-    """FLOPs and dollars of one call of a role's model (as if uncached), for the store's usage rows."""
-    from harness.cost import call_cost
-
-    def cost(role: str, usage: Any) -> dict[str, Any]:
-        mc = getattr(cfg.models, role)
-        return call_cost(cfg, mc, backends.get(role), usage) if mc is not None else {}
-
-    return cost
-
-
 def run(cfg: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
-    """Execute a run and return its summary (also written to the run folder).
+    """Execute a run and return its summary (also written to the run folder as summary.json and table.md).
 
-    Every path, model spec and data file is checked before any file is created. A run that raises is marked
-    "failed" in the results store ("interrupted" on Ctrl-C), never left "running".
+    A run is a one-cell-per-arm plan (`plan.expand_run`, cell ids `{run_id}/{arm}`) through the sweep engine
+    (`harness.pipeline.sweep.Sweep`): compress (and MI by the compressor), proxy MI, predict, score (and judge).
+    Every path, model spec and data file is checked before any file is created. Error-free compressions the store
+    holds are read again (counted as cached compressor usage), so a rerun after a crash or `kill -9` makes only
+    what is missing. The summary's rows are the one cell summariser's (`harness.analyze.frames.cell_frame`) over
+    the store; the run folder's JSONL files are an export of the store (`harness.pipeline.export`). Without
+    `output.store` the rows go to a store in the run folder. A run that raises is marked "failed" in the results
+    store ("interrupted" on Ctrl-C), never left "running".
     """
-    started: dict[str, Any] = {}
-    try:
-        return _run(cfg, quiet=quiet, started=started)
-    except BaseException as e:
-        if "store" in started:
-            status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-            started["store"].finish_run(started["run_id"], status)
-            started["store"].close()
-        raise
-
-
-def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, Any]:
-    from harness.metrics import score_prediction
-    from harness.preflight import announce, check_models, check_outputs, load_samples, run_models
+    from harness.pipeline.sweep import Sweep
+    from harness.preflight import run_models
 
     t0 = time.time()
     stats0 = dict(STATS)
-    check_outputs(cfg, run_folder=True)
-    models = run_models(cfg)
-    check_models(models)
-    from harness.retrieval import check_retrieval, samples_for
-
-    task_samples = load_samples(cfg.task)
-    if cfg.retrieval is not None:
-        check_retrieval(cfg.retrieval)
-    announce(models)
-    cache = ResponseCache(cfg.output.cache) if cfg.output.cache else None
-    samples = samples_for(cfg, task_samples, cache)  # the contexts every stage reads (retrieved, or the task's own)
-    # resolve every model spec up front (lazy: no weights load here), so a bad spec fails fast
-    compressor: Compressor | None = None
-    comp_be = None  # an LM compressor's backend (its architecture and cost per call)
-    if "compressed" in cfg.arms or cfg.mi is not None:
-        assert cfg.models.compressor is not None
-        compressor = make_compressor(cfg, field="models.compressor.model", cache=cache)
-        comp_be = getattr(compressor, "backend", None)
-    pred_be = make_backend(cfg.models.predictor, field="models.predictor.model", cache=cache)
-
     # each run writes its own folder; earlier runs are never overwritten
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
     out_dir = cfg.output_dir() / run_id
-    store = None
-    if cfg.output.store:
-        from harness.store import Store
-
-        store = Store.open(cfg.output.store)
-        store.start_run(run_id=run_id, name=cfg.name, config=cfg, git_commit=_git_commit())
-        started.update(store=store, run_id=run_id)
-        store.add_samples(cfg.task.name, task_samples)
-    writer = Recorder(out_dir, store, run_id, cfg.task.name)
-    writer.cost = _cost_fn(cfg, {"compressor": comp_be, "predictor": pred_be})
-    from harness.cost import model_meta
-
-    if compressor is not None:
-        writer.model("compressor", compressor.identity(), model_meta(cfg.models.compressor, comp_be))
-    writer.model("predictor", pred_be.identity(), model_meta(cfg.models.predictor, pred_be))
-    if cfg.models.scorer is not None and cfg.mi is not None and "scorer" in cfg.mi.scorers:
-        sc_be = make_backend(cfg.models.scorer, field="models.scorer.model", cache=cache)
-        writer.model("scorer", sc_be.identity(), model_meta(cfg.models.scorer, sc_be))
-    knobs = {"compressor_generation": cfg.generation.compressor.model_dump(),
-             "predictor_generation": cfg.generation.predictor.model_dump(), "seed": cfg.seed,
-             "mi": cfg.mi.model_dump() if cfg.mi else None}
-    for arm in cfg.arms:
-        writer.cell(arm, knobs)
-    writer.reads = read_key(cfg)
-    (out_dir / "run.json").write_text(
-        json.dumps(
-            {
-                "run_id": run_id,
-                "config": redact(cfg.model_dump(mode="json")),
-                "git_commit": _git_commit(),
-                "harness": __version__,
-                "python": platform.python_version(),
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            },
-            indent=2,
+    plan = expand_run(cfg, run_id)
+    sw = Sweep(cfg, quiet=quiet, plan=plan, store_url=cfg.output.store or str(out_dir / "store.db"),
+               models=run_models(cfg))
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "run.json").write_text(json.dumps({
+            "run_id": run_id, "config": redact(cfg.model_dump(mode="json")), "git_commit": _git_commit(),
+            "harness": __version__, "python": platform.python_version(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }, indent=2))
+        sw.run()
+        samples = next(iter(sw.samples.values()))
+        summary = summarize(cfg, sw.store, run_id, sw.usage, n_samples=len(samples))
+        summary["run_id"] = run_id
+        summary["mi"] = sw.mi_results
+        summary["predictor_reads"] = (
+            "the compressor's output (deterministic: one compression per context)"
+            if cfg.models.compressor is not None and cfg.models.compressor.backend not in LM_BACKENDS
+            else f"sampled compression j=0 (temperature {cfg.mi.temperature}; the channel MI describes)"
+            if reads_sampled(cfg) and cfg.mi is not None
+            else "greedy compressions"
         )
-    )
-    for s in samples:
-        writer.sample(s)
-    items = [Item(s, arm) for arm in cfg.arms for s in samples]
-    usage: dict[str, dict[str, float]] = {"compressor": {}, "predictor": {}}
-    identities: dict[str, Any] = {}
-
-    # ---- stage 1: compress, and MI scoring by the compressor itself (one model in memory) ----
-    mi_rows: list[dict[str, Any]] = []
-    if compressor is not None:
-        identities["compressor"] = asdict(compressor.identity())
-        with progress_bar(0, "compress", quiet, leave=False) as bar:
-            comp = compress_stage(cfg, compressor, samples, writer, usage["compressor"], bar)
-        index = {s.id: k for k, s in enumerate(samples)}
-        for it in items:
-            if it.arm != "compressed":
-                continue
-            k = index[it.sample.id]
-            it.context_tokens = comp.context_tokens.get(k)
-            it.compression_truncated = comp.truncated.get(k, False)
-            if k in comp.errors:
-                it.error, it.error_stage = comp.errors[k], "compress"
-                continue
-            g = comp.results.get(CompKey(k, *read_key(cfg)))
-            it.compression = g
-            if g is None or g.error:
-                it.error, it.error_stage = (g.error if g else "no compression"), "compress"
-        if cfg.mi is not None and "self" in cfg.mi.scorers:
-            mi_rows.append(mi_stage(cfg, compressor.scorer, "self", compressor.identity(), samples, comp, writer,
-                                    quiet=quiet, leave=False))
-        compressor.close()
-        if cfg.mi is not None and "scorer" in cfg.mi.scorers:
-            identities["scorer"] = asdict(sc_be.identity())
-            mi_rows.append(mi_stage(cfg, sc_be, cfg.models.scorer.model, compressor.identity(), samples, comp, writer,
-                                    quiet=quiet, leave=False))
-            sc_be.close()
-
-    # ---- stage 2: predict every arm (one model in memory) ----
-    mp = cfg.models.predictor
-    be = pred_be
-    identities["predictor"] = asdict(be.identity())
-    pparams = params_from(cfg.generation.predictor, cfg.seed)
-    jobs = []
-    for it in items:
-        if it.error or it.sample.answer_type == "continuation":  # distortion: scored below, not generated
-            continue
-        s = it.sample
-        summary = it.compression.text if it.compression else None
-        req, trunc, err = predict_request(be, cfg.prompts, cfg.overflow, it.arm, s, summary, pparams)
-        it.prediction_truncated = trunc
-        if err:
-            it.error, it.error_stage = err, "predict"
-            writer.error(ErrorRecord(s.id, "predict", err, arm=it.arm))
-        else:
-            jobs.append((it, req))
-
-    def on_predicted(it: Item, g: Generation) -> None:
-        it.prediction = g
-        add_usage(usage["predictor"], g.usage)
-        if g.error:
-            it.error, it.error_stage = g.error, "predict"
-            writer.error(ErrorRecord(it.sample.id, "predict", g.error, arm=it.arm))
-        writer.prediction(PredictionRecord(it.sample.id, it.arm, mp.model, g.text, g.usage, it.prediction_truncated,
-                                           g.error))
-
-    with progress_bar(len(jobs), "predict", quiet, leave=False) as bar:
-        run_generation_stage(be, jobs, on_predicted, chunk=max(mp.batch_size, 1) * 2, progress=bar)
-    score_continuations(be, items, cfg, writer, usage["predictor"])
-    be.close()
-
-    # ---- stage 3: score (a judge model, when configured, for answers that need one) ----
-    judged = judge_stage(cfg, items, cache, usage, writer) if cfg.models.judge is not None else {}
-    for it in items:
-        if it.error or it.score is not None:  # continuation items were scored in stage 2
-            continue
-        assert it.prediction is not None
-        it.score = judged.get(id(it)) or score_prediction(it.sample, it.prediction.text)
-        writer.score(ScoreRecord(it.sample.id, it.arm, it.score))
-
-    summary = summarize(cfg, items, usage)
-    summary["mi"] = mi_rows
-    summary["predictor_reads"] = (
-        "the compressor's output (deterministic: one compression per context)"
-        if cfg.models.compressor is not None and cfg.models.compressor.backend not in LM_BACKENDS
-        else f"sampled compression j=0 (temperature {cfg.mi.temperature}; the channel MI describes)"
-        if reads_sampled(cfg) and cfg.mi is not None
-        else "greedy compressions"
-    )
-    summary["identities"] = identities
-    summary["first_error"] = next((it.error for it in items if it.error), None)
-    summary["wall_seconds"] = round(time.time() - t0, 2)
-    summary["model_loads"] = STATS["model_loads"] - stats0.get("model_loads", 0)
-    # requests that reached a model (a batch of 8 is 8 calls; cache hits are none)
-    summary["model_calls"] = sum(STATS[k] - stats0.get(k, 0) for k in ("generate_requests", "score_requests"))
-    summary["run_dir"] = str(out_dir)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out_dir / "table.md").write_text(format_table(summary))
-    writer.close()
-    if store is not None:
-        store.finish_run(run_id, "done")
-        store.close()
-    if cache is not None:
-        cache.close()
+        roles = [(r, mc) for r, mc in (("compressor", cfg.models.compressor), ("predictor", cfg.models.predictor),
+                                       ("scorer", cfg.models.scorer)) if mc is not None]
+        ids = sw.identities
+        summary["identities"] = {r: asdict(ids[k]) for r, mc in roles if (k := model_key(mc)) in ids}
+        summary["first_error"] = first_error(sw.store, run_id)
+        summary["wall_seconds"] = round(time.time() - t0, 2)
+        summary["model_loads"] = STATS["model_loads"] - stats0.get("model_loads", 0)
+        # requests that reached a model (a batch of 8 is 8 calls; cache hits are none)
+        summary["model_calls"] = sum(STATS[k] - stats0.get(k, 0) for k in ("generate_requests", "score_requests"))
+        summary["run_dir"] = str(out_dir)
+        comp_id = sw.model_ids.get(model_key(cfg.models.compressor)) if cfg.models.compressor else None
+        export_run(sw.store, plan, samples, out_dir, comp_id)
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        (out_dir / "table.md").write_text(format_table(summary))
+    finally:
+        sw.close()
     return summary
 
 
-def judge_stage(
-    cfg: RunConfig, items: list[Item], cache: Any, usage: dict[str, dict[str, float]], writer: Recorder
-) -> dict[int, Any]:
-    """Judge the predictions of samples marked `needs_judge` with the `judge` role (one model in memory).
-
-    The rubric is fixed and versioned (`harness.metrics.JUDGE_RUBRIC_VERSION`); the raw output and the
-    verdict are stored with the score. A failed judge call is an error for that sample, never a verdict.
-    """
-    from harness.metrics import build_judge_messages, judge_score
-
-    todo = [it for it in items if not it.error and it.sample.meta.get("needs_judge") and it.prediction is not None]
-    if not todo:
-        return {}
-    assert cfg.models.judge is not None
-    be = make_backend(cfg.models.judge, field="models.judge.model", cache=cache)
-    params = GenParams(max_new_tokens=8, temperature=0.0, seed=cfg.seed)
-    reqs = [GenRequest.chat(build_judge_messages(it.sample.question, it.sample.answers, it.prediction.text), params)
-            for it in todo]
-    gens = be.generate(reqs)
-    be.close()
-    usage.setdefault("judge", {})
-    out: dict[int, Any] = {}
-    for it, g in zip(todo, gens, strict=True):
-        add_usage(usage["judge"], g.usage)
-        if g.error:
-            it.error, it.error_stage = f"judge: {g.error}", "score"
-            writer.error(ErrorRecord(it.sample.id, "score", it.error, arm=it.arm))
-            continue
-        out[id(it)] = judge_score(it.sample, it.prediction.text, lambda _msgs, t=g.text: t)
-    return out
+def first_error(store: Any, run_id: str) -> str | None:
+    """The first error the run stored (its errors table, then its predictions), or None."""
+    errs = store.rows("errors", run_id=run_id)
+    if errs:
+        return errs[0]["message"]
+    _, rows = store.query("SELECT p.error FROM predictions p JOIN cells c ON c.cell_id = p.cell_id "
+                          "WHERE c.run_id = ? AND p.error IS NOT NULL ORDER BY p.prediction_id", (run_id,))
+    return rows[0][0] if rows else None
 
 
-def sample_rows(items: list[Item]) -> list[dict[str, Any]]:
-    """The items as the cell summariser's sample rows (`harness.analyze.frames.SAMPLE_COLUMNS`)."""
-    rows = []
-    for k, it in enumerate(items):
-        sc, c = it.score, it.compression
-        status = "error" if it.error else ("" if sc is None else ("ok" if sc.correct is not None else "value"))
-        u = it.prediction.usage if it.prediction is not None else it.extra.get("predictor_usage")
-        rows.append({
-            "sample_id": it.sample.id, "status": status, "error_stage": it.error_stage if it.error else None,
-            "metric": None if sc is None else sc.name, "correct": None if sc is None else sc.correct,
-            "value": None if sc is None else sc.value, "flags_json": [] if sc is None else list(sc.flags),
-            "compression_id": None if c is None else k, "compression_error": None if c is None else c.error,
-            "summary_tokens": None if c is None else (len(c.token_ids) or c.usage.completion_tokens),
-            "context_tokens": it.context_tokens, "compression_truncated": it.compression_truncated,
-            "prediction_truncated": it.prediction_truncated,
-            **({} if u is None else {"pred_prompt_tokens": u.prompt_tokens, "pred_completion_tokens":
-                                     u.completion_tokens, "pred_seconds": u.seconds, "pred_cached": u.cached}),
-        })  # fmt: skip
-    return rows
+def _py(v: Any) -> Any:
+    """A cell frame value as plain Python: None for a missing value, numpy scalars as Python numbers."""
+    from harness.analyze.frames import is_null
+
+    if is_null(v):
+        return None
+    return v.item() if hasattr(v, "item") else v
 
 
-def summarize(cfg: RunConfig, items: list[Item], usage: dict[str, dict[str, float]]) -> dict[str, Any]:
-    """Per arm, the cell summariser's numbers (`harness.analyze.frames.summarize_cell`) under the run's keys."""
-    import pandas as pd
-
-    from harness.analyze.frames import SAMPLE_COLUMNS, summarize_cell
-
-    rows = []
-    for arm in cfg.arms:
-        s = summarize_cell(pd.DataFrame(sample_rows([it for it in items if it.arm == arm]), columns=SAMPLE_COLUMNS))
-        row: dict[str, Any] = {
-            "arm": arm,
-            "compressor": cfg.models.compressor.model if arm == "compressed" and cfg.models.compressor else "-",
-            "predictor": cfg.models.predictor.model,
-            "n": s["samples"],
-            "scored": s["scored"],
-            "errors": s["errors"],
-            "answered": s["answered"],  # accuracy is over these (n - errors)
-            "accuracy": s["accuracy"],
-            "accuracy_ci": None if s["accuracy"] is None else [s["acc_lo"], s["acc_hi"]],
-            # distortion arms: mean bits per byte with its 95% CI, lo clipped at 0 (None elsewhere)
-            "bits_per_byte": s["value_mean"],
-            "bits_per_byte_ci": None if s["value_lo"] is None else [max(0.0, s["value_lo"]), s["value_hi"]],
-            "unparseable": s["unparseable"],
-            "truncated": s["truncated"],
-            "summary_tokens": s["summary_tokens"],
-            "token_ratio": s["token_ratio"],
-            "predictor_usage": {} if not s["pred_calls"] else {
-                "calls": s["pred_calls"], "prompt_tokens": int(s["pred_prompt_tokens"]),
-                "completion_tokens": int(s["pred_completion_tokens"]), "seconds": s["pred_seconds_actual"] or 0.0,
-                "cached": s["pred_cached"]},
-        }  # fmt: skip
-        rows.append(row)
+def arm_row(cfg: RunConfig, arm: str, cell: dict[str, Any]) -> dict[str, Any]:
+    """One arm's row of the run table from its cell's numbers (`harness.analyze.frames.summarize_cell`)."""
+    s = {k: _py(v) for k, v in cell.items()}
     return {
-        "name": cfg.name,
-        "task": cfg.task.name,
-        "n_samples": len({it.sample.id for it in items}),
-        "rows": rows,
-        "usage": usage,
-    }
+        "arm": arm,
+        "compressor": cfg.models.compressor.model if arm == "compressed" and cfg.models.compressor else "-",
+        "predictor": cfg.models.predictor.model,
+        "n": s["samples"],
+        "scored": s["scored"],
+        "errors": s["errors"],
+        "answered": s["answered"],  # accuracy is over these (n - errors)
+        "accuracy": s["accuracy"],
+        "accuracy_ci": None if s["accuracy"] is None else [s["acc_lo"], s["acc_hi"]],
+        # distortion arms: mean bits per byte with its 95% CI, lo clipped at 0 (None elsewhere)
+        "bits_per_byte": s["value_mean"],
+        "bits_per_byte_ci": None if s["value_lo"] is None else [max(0.0, s["value_lo"]), s["value_hi"]],
+        "unparseable": s["unparseable"],
+        "truncated": s["truncated"],
+        "summary_tokens": s["summary_tokens"],
+        "token_ratio": s["token_ratio"],
+        "predictor_usage": {} if not s["pred_calls"] else {
+            "calls": s["pred_calls"], "prompt_tokens": int(s["pred_prompt_tokens"]),
+            "completion_tokens": int(s["pred_completion_tokens"]), "seconds": s["pred_seconds_actual"] or 0.0,
+            "cached": s["pred_cached"]},
+    }  # fmt: skip
+
+
+def summarize(cfg: RunConfig, store: Any, run_id: str, usage: dict[str, dict[str, float]], *,
+              n_samples: int) -> dict[str, Any]:
+    """The run's summary: per arm, its cell's numbers from the store by the one cell summariser
+    (`harness.analyze.frames.cell_frame`), and the calls per role (`usage`)."""
+    from harness.analyze.frames import cell_frame
+    from harness.results import load_store
+
+    cells, _, _ = cell_frame(load_store(store), run_id)
+    by_arm = {r["arm"]: r for r in cells.to_dict("records")}
+    return {"name": cfg.name, "task": cfg.task.name, "n_samples": n_samples,
+            "rows": [arm_row(cfg, arm, by_arm[arm]) for arm in cfg.arms], "usage": usage}
 
 
 def _f(x: Any, fmt: str) -> str:
