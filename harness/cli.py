@@ -78,10 +78,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def planned_run_stages(cfg: Any) -> int:
     """How many stages (progress bars) `harness run` opens for `cfg`: compress, MI by the compressor itself, MI
-    by the scorer model, predict."""
+    by the scorer model, and predict once per arm (a cell each); judge stages, when a task needs them, are counted
+    as they open."""
     mi = cfg.mi
     compress = "compressed" in cfg.arms or mi is not None
-    n = int(compress) + 1
+    n = int(compress) + len(cfg.arms)
     if compress and mi is not None:
         n += int("self" in mi.scorers) + int("scorer" in mi.scorers and cfg.models.scorer is not None)
     return n

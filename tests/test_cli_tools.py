@@ -55,7 +55,8 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     p = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(path)], capture_output=True, text=True,
                        env=env, cwd=REPO, timeout=900)
     assert p.returncode == 0, p.stderr[-2000:]
-    return {"store": str(tmp / "store.db"), "tmp": tmp, "stdout": p.stdout, "stderr": p.stderr}
+    return {"store": str(tmp / "store.db"), "tmp": tmp, "stdout": p.stdout, "stderr": p.stderr, "config": path,
+            "env": env}
 
 
 def _cells(store: str) -> list[str]:
@@ -138,6 +139,22 @@ def test_verbose_keeps_the_libraries_as_they_are(monkeypatch: pytest.MonkeyPatch
     finally:
         tf_logging.set_verbosity(level)
         (tf_logging.enable_progress_bar if bars else tf_logging.disable_progress_bar)()
+
+
+def test_a_cached_rerun_numbers_its_stages(real: dict[str, Any]) -> None:
+    """The rerun (answered from the response cache) with bars forced on: "stage k/n" with n = compress + one
+    predict stage per arm, each bar reaching its total, and the run's ETA."""
+    from harness.cli import planned_run_stages
+    from harness.config import load_config
+
+    assert planned_run_stages(load_config(real["config"], {})) == 3
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(real["config"])], capture_output=True,
+                       text=True, env={**real["env"], "HARNESS_PROGRESS": "1"}, cwd=REPO, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    err = p.stderr.replace("\r", "\n")
+    assert "stage 1/3 compress" in err and "stage 2/3 predict" in err and "stage 3/3 predict" in err
+    assert "stage 4/" not in err and f"{SAMPLES}/{SAMPLES} [" in err and "run ETA" in err
+    assert "model loads 0" in p.stdout
 
 
 # ----------------------------------------------------------------------------- cells and id prefixes
