@@ -83,7 +83,7 @@ def research_frames(frames: dict[str, pd.DataFrame], cell_ids: Sequence[str] | N
         row["rounds_mean"] = float(np.mean(rounds)) if rounds else None
         row["early_stops"] = int(early)
         row["planning_failures"] = int(plan_fail)
-        row["steps"] = int(len(st))
+        row["steps"] = len(st)
         rows.append(row)
     return pd.DataFrame(rows), preds
 
@@ -108,13 +108,14 @@ def _label(r: Any) -> str:
 def headlines(cells: pd.DataFrame, preds: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
     """Per compressor-predictor cell: A = its accuracy / predictor-only's (paired bootstrap CI over the samples
     both answered), B = its predictor cost / predictor-only's (dollars where priced, else FLOPs), and the line."""
-    po = cells[cells["arm"] == "predictor-only"]
-    if po.empty:
-        return []
-    po = po.iloc[0]
-    pp = preds[(preds["cell_id"] == po["cell_id"]) & (preds["status"] == "ok")].set_index("sample_id")["correct"]
     out = []
     for _, r in cells[cells["arm"] == "compressor-predictor"].iterrows():
+        base = str(r["cell_id"]).split("/")[0]  # the predictor-only cell of the same config (research-<hash>)
+        po = cells[(cells["arm"] == "predictor-only") & (cells["cell_id"] == f"{base}/predictor-only")]
+        if po.empty:
+            continue
+        po = po.iloc[0]
+        pp = preds[(preds["cell_id"] == po["cell_id"]) & (preds["status"] == "ok")].set_index("sample_id")["correct"]
         cp = preds[(preds["cell_id"] == r["cell_id"]) & (preds["status"] == "ok")].set_index("sample_id")["correct"]
         both = cp.index.intersection(pp.index)
         a, lo, hi = ratio_ci([bool(cp[s]) for s in both], [bool(pp[s]) for s in both], n_boot, seed)
@@ -149,7 +150,7 @@ def research_table(cells: pd.DataFrame) -> str:
         pf, cf = _num(r["predictor_flops"]), _num(r["compressor_flops"])
         tot = [x for x in (pf, cf) if x is not None]
 
-        def tok(role: str) -> str:
+        def tok(role: str, r: Any = r) -> str:
             a, b = _num(r[f"{role}_prompt_tokens"]), _num(r[f"{role}_completion_tokens"])
             return "-" if a is None else f"{int(a)}/{int(b or 0)}"
 
@@ -266,3 +267,27 @@ def research_section(frames: dict[str, pd.DataFrame], folder: Path, run_id: str 
         plots.append(p)
         L += [f"![cost–accuracy frontier]({p.name})", ""]
     return L, plots
+
+
+def format_trace(steps: Sequence[dict[str, Any]], width: int = 400) -> str:
+    """One sample's episode as text, a line per step (`Store.trace` rows): kind, round, role, tokens, seconds, cost,
+    then what the step read or wrote (subqueries, retrieved ids, summary, answer) or its error."""
+    lines = []
+    for st in steps:
+        p = st.get("payload") or {}
+        cost = " ".join(x for x in (f"{st['flops'] / 1e9:.1f} GFLOPs" if st.get("flops") else "",
+                                    f"${st['dollars']:.6f}" if st.get("dollars") else "") if x)
+        head = (f"[{st['step']}] {st['kind']} (round {st['round']}, {st['role'] or '-'}) "
+                f"tok {st['prompt_tokens']}/{st['completion_tokens']}, {float(st['seconds']):.1f} s"
+                + (f", {cost}" if cost else ""))
+        if st["kind"] == "search":
+            body = f"query {p.get('query')!r} -> {list(zip(p.get('ids', []), p.get('titles', []), strict=False))}"
+        elif st["kind"] in ("plan", "follow-up"):
+            body = (f"subqueries {[s['query'] for s in p.get('subqueries', [])]}" + (" (done)" if p.get("done") else "")
+                    if not st.get("error") else f"reply {p.get('text', '')!r}")
+        elif st["kind"] == "compress":
+            body = f"subtask {p.get('subtask')!r} over {p.get('ids')} -> summary {p.get('text', '')!r}"
+        else:
+            body = f"reads {p.get('reads')} -> answer {p.get('text', '')!r}"
+        lines.append(head + "\n    " + body[:width] + (f"\n    ERROR: {st['error']}" if st.get("error") else ""))
+    return "\n".join(lines)
