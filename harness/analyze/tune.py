@@ -164,7 +164,8 @@ def filter_section(frames: dict[str, pd.DataFrame], cells: pd.DataFrame, folder:
         return L
     backend = frames["models"].set_index("model_id")["backend"]
     fc = cells[cells["compressor_model_id"].notna()]
-    fc = fc[fc["compressor_model_id"].map(lambda m: backend.get(int(m)) == "filter")]
+    # astype(bool): on no rows, map gives an object Series, which pandas would read as column labels
+    fc = fc[fc["compressor_model_id"].map(lambda m: backend.get(int(m)) == "filter").astype(bool)]
     fc = fc[fc["token_ratio"].notna() & fc["accuracy"].notna()]
     if fc.empty:
         return L
