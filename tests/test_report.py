@@ -546,6 +546,10 @@ def test_line_figure_shows_every_series_with_a_marker_dodged_with_size_ticks(tmp
     fig.canvas.draw()
     assert [t.get_text() for t in ax.get_xticklabels()] == ["135M", "0.5B", "1.5B"]
     assert ax.get_ylim() == pytest.approx((-0.02, 1.02))
+    # two reference lines at one y interleave their dashes (offsets differ), so neither hides the other
+    two = line_figure(series, "x", "y", "t", refs=[RefLine("n → p1", 0.25), RefLine("n → p2", 0.25)]).axes[0]
+    dashes = [ln.get_dashes() if hasattr(ln, "get_dashes") else ln._dash_pattern for ln in two.get_lines()[-2:]]
+    assert dashes[0] != dashes[1]
     files = line_plot(tmp_path / "x.png", series, "x", "y", "t")
     assert [f.name for f in files] == ["x.png", "x.svg", "x.pdf"]
     assert all(f.stat().st_size > 1000 for f in files)

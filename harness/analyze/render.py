@@ -205,9 +205,17 @@ def line_figure(
         ax.errorbar(x, y, yerr=err if has.any() else None, marker=MARKERS[k % len(MARKERS)], markersize=6,
                     capsize=3, linewidth=1.2, label=label, zorder=3)  # fmt: skip
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    same = {}  # reference lines at one y (e.g. two predictors' no-context accuracy) interleave their dashes
+    for r in refs:
+        same.setdefault(round(r.y, 9), []).append(r)
     for j, r in enumerate(refs):
         c = colors[(len(names) + j) % len(colors)]
-        ax.axhline(r.y, color=c, linestyle=r.style, linewidth=1.1, label=r.label, zorder=2)
+        group = same[round(r.y, 9)]
+        style: Any = r.style
+        if len(group) > 1:
+            k = next(i for i, g in enumerate(group) if g is r)
+            style = (3.0 * k, (3.0, 3.0 * (len(group) - 1)))
+        ax.axhline(r.y, color=c, linestyle=style, linewidth=1.4 if len(group) > 1 else 1.1, label=r.label, zorder=2)
         if r.lo is not None and r.hi is not None:
             ax.axhspan(r.lo, r.hi, color=c, alpha=0.08, zorder=1)
     if ceiling is not None:
