@@ -462,3 +462,21 @@ def test_fineweb_prefix_and_continuation(tmp_path: Path) -> None:
                                                      "continuation_tokens": 3})) == 1
     with pytest.raises(UserError, match=r"row 1 \(id d2\).*'text'"):
         load_task("fineweb", options={"path": _write_jsonl(tmp_path / "bad.jsonl", [rows[0], {"id": "d2"}])})
+
+
+def test_financebench_other_company_pages_are_seeded_distractors() -> None:
+    """`other_company_pages: N` adds N evidence pages of other companies' questions; gold pages stay; seeded."""
+    from harness.tasks import load_task
+
+    opts = {"subset": "numeric", "single_evidence_only": True, "other_company_pages": 3, "context_tokens": 100000}
+    a = load_task("financebench", size=5, seed=0, options=opts)
+    b = load_task("financebench", size=5, seed=0, options=opts)
+    plain = {s.id: s for s in load_task("financebench", size=5, seed=0, options={**opts, "other_company_pages": 0})}
+    assert [[d.id for d in s.documents] for s in a] == [[d.id for d in s.documents] for s in b]
+    for s in a:
+        gold = [d for d in s.documents if d.is_gold]
+        others = [d for d in s.documents if not d.is_gold]
+        assert {d.id for d in gold} == {d.id for d in plain[s.id].documents}
+        assert len(others) == 3
+        company = s.meta["doc_name"].split("_")[0]
+        assert all(not d.id.startswith(company + "_") for d in others)  # other companies' filings
