@@ -136,8 +136,8 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
     samples: list[Sample] = load_samples(cfg.task)
     search = None
     if {"compressor-predictor", "predictor-only"} & set(rc.arms):
-        from harness.retrieval.apply import check_retrieval
         from harness.config import RetrievalConfig
+        from harness.retrieval.apply import check_retrieval
 
         check_retrieval(RetrievalConfig(corpus=rc.corpus, retriever=rc.retriever, embedder=rc.embedder), "research")
         docs = research_corpus(rc.corpus, samples)
