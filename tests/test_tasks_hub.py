@@ -480,3 +480,52 @@ def test_financebench_other_company_pages_are_seeded_distractors() -> None:
         assert len(others) == 3
         company = s.meta["doc_name"].split("_")[0]
         assert all(not d.id.startswith(company + "_") for d in others)  # other companies' filings
+
+
+# ----------------------------------------------------------------------------- local-qa (your own data)
+
+
+def _jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_local_qa_reads_context_documents_answers_and_choices(tmp_path: Path) -> None:
+    f = _jsonl(tmp_path / "mine.jsonl", [
+        {"id": "a", "question": "Who founded Acme?", "answer": "Ada", "context": "Acme was founded by Ada."},
+        {"question": "Which year?", "answers": ["1967", "in 1967"], "group": "g1",
+         "documents": ["Nothing here.", {"title": "Acme", "text": "Founded in 1967.", "gold": True}]},
+        {"id": "c", "question": "Pick one", "answer": "B", "choices": ["red", "blue"], "answer_type": "choice",
+         "context": "The sky is blue."},
+    ])
+    by_id = {s.id: s for s in load_task("local-qa", options={"path": str(f)})}
+    assert set(by_id) == {"a", "row-1", "c"}
+    a, b, c = by_id["a"], by_id["row-1"], by_id["c"]
+    assert a.answers == ("Ada",) and a.context == "Acme was founded by Ada." and a.answer_type == "text"
+    assert a.group_id == "who founded acme?"  # the default group: the normalised question
+    assert b.answers == ("1967", "in 1967") and b.group_id == "g1" and len(b.documents) == 2
+    assert [d.is_gold for d in b.documents] == [False, True] and b.gold_context().strip() == "[Acme]\nFounded in 1967."
+    assert c.answer_type == "choice" and c.choices == ("red", "blue")
+    # seeded order and size: a smaller size is a prefix of a larger one
+    ids3 = [s.id for s in load_task("local-qa", size=3, seed=1, options={"path": str(f)})]
+    assert [s.id for s in load_task("local-qa", size=2, seed=1, options={"path": str(f)})] == ids3[:2]
+
+
+@pytest.mark.parametrize(("row", "needle"), [
+    ({"answer": "x", "context": "y"}, "field 'question' is missing"),
+    ({"question": "q", "context": "y"}, "field 'answer' is missing"),
+    ({"question": "q", "answer": "x"}, "field 'context' is missing"),
+    ({"question": "q", "answer": "x", "documents": [3]}, "field 'documents[0]'"),
+    ({"question": "q", "answer": "x", "context": "y", "answer_type": "essay"}, "field 'answer_type'"),
+    ({"question": "q", "answer": "A", "context": "y", "answer_type": "choice"}, "field 'choices' is missing"),
+])
+def test_local_qa_bad_rows_name_row_and_field(tmp_path: Path, row: dict[str, Any], needle: str) -> None:
+    f = _jsonl(tmp_path / "bad.jsonl", [{"question": "ok", "answer": "1", "context": "c"}, row])
+    with pytest.raises(UserError) as e:
+        load_task("local-qa", options={"path": str(f)})
+    assert "local-qa: row 1" in str(e.value) and needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_local_qa_needs_a_path() -> None:
+    with pytest.raises(UserError, match=r"task\.options\.path"):
+        load_task("local-qa")

@@ -82,6 +82,7 @@ def _iter_rows(task: str, path: str | None, hub_id: str | None, hub_config: str 
     """Rows from a local path (if given) or the hub; a single keyed-object row expands to one row per key."""
     import datasets
 
+    datasets.disable_progress_bars()  # "Generating train split" bars are noise in a run's output
     if path:
         builder, files = _data_files(_resolve_path(path), split)
         try:
@@ -768,4 +769,77 @@ def fineweb(size: int | None, seed: int, split: str | None, *, path: str | None 
             meta={"url": row.get("url"), "prefix_words": k_prefix, "continuation_words": k_cont,
                   "approx_prefix_tokens": math.ceil(len(x) / CHARS_PER_TOKEN)},
         ))
+    return _take(samples, size, seed)
+
+
+# ----------------------------------------------------------------------------- your own data
+
+
+_ANSWER_TYPES = ("text", "choice", "number", "continuation")
+
+
+def _own_documents(task: str, i: int, rid: str, row: dict[str, Any]) -> tuple[Document, ...]:
+    """`documents` (strings, or {id?, title?, text, gold?}) or one `context` string, as Documents."""
+    docs = row.get("documents")
+    if docs is None or (isinstance(docs, list | dict) and len(docs) == 0):
+        ctx = _need(row, "context", task, i, rid)
+        if not isinstance(ctx, str):
+            raise _bad(task, i, rid, "context", "is not a string")
+        return (Document(id="d0", text=ctx),)
+    if not isinstance(docs, list | dict):
+        raise _bad(task, i, rid, "documents", "is not a list of strings or of {title, text, gold} objects")
+    out = []
+    for k, d in enumerate(_records(docs) if isinstance(docs, dict) else docs):
+        if isinstance(d, str):
+            out.append(Document(id=f"d{k}", text=d))
+        elif isinstance(d, dict) and isinstance(d.get("text"), str):
+            out.append(Document(id=str(d.get("id") or f"d{k}"), text=d["text"], title=str(d.get("title") or ""),
+                                is_gold=bool(d.get("gold"))))
+        else:
+            raise _bad(task, i, rid, f"documents[{k}]", "is neither a string nor an object with a 'text' string")
+    return tuple(out)
+
+
+@register_task("local-qa", options=("path", "answer_type"))
+def local_qa(size: int | None, seed: int, split: str | None, *, path: str | None = None,
+             answer_type: str = "text") -> list[Sample]:
+    """Your own QA data: a local JSON/JSONL/parquet file (or folder) with one question per row.
+
+    Row fields: `question` (required); `answers` (a list of gold aliases) or `answer` (one string); `context`
+    (one string) or `documents` (a list of strings, or of objects `{title, text, gold}`: gold marks evidence);
+    optional `id` (default `row-<index>`), `group` (samples sharing a question text are one MI group by default),
+    `choices` (for `answer_type: choice`, gold = the answer's letter or text) and `answer_type` (text, choice,
+    number, continuation; default: the task option). A bad row stops the load with one line naming the row and
+    field.
+    """
+    task = "local-qa"
+    if not path:
+        raise UserError("task.options.path: local-qa reads your own data file; set task.options.path to a "
+                        ".jsonl/.json/.parquet file with question, answer(s) and context or documents per row")
+    _choice("answer_type", answer_type, _ANSWER_TYPES)
+    samples, seen = [], set()
+    for i, row in enumerate(_iter_rows(task, path, None, None, split)):
+        rid = str(row.get("id") or f"row-{i}")
+        if rid in seen:
+            raise _bad(task, i, rid, "id", "repeats an earlier row's id")
+        seen.add(rid)
+        question = _need(row, "question", task, i, rid)
+        golds = row.get("answers")
+        if golds is None or (isinstance(golds, list) and len(golds) == 0):
+            golds = [_need(row, "answer", task, i, rid)]
+        if not isinstance(golds, list):
+            golds = [golds]
+        kind = row.get("answer_type") or answer_type
+        if kind not in _ANSWER_TYPES:
+            raise _bad(task, i, rid, "answer_type", f"is {kind!r}, not one of {', '.join(_ANSWER_TYPES)}")
+        choices = tuple(str(c) for c in (row.get("choices") or ()))
+        if kind == "choice" and not choices:
+            raise _bad(task, i, rid, "choices", "is missing (answer_type choice needs the options)")
+        samples.append(Sample(
+            id=rid, question=str(question), documents=_own_documents(task, i, rid, row),
+            answers=tuple(str(g) for g in golds), group_id=str(row.get("group") or ""), choices=choices,
+            answer_type=kind, meta={"row": i},
+        ))
+    if not samples:
+        raise UserError(f"task.options.path: '{path}' holds no rows; give a file with at least one question")
     return _take(samples, size, seed)
