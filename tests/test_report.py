@@ -732,3 +732,18 @@ def test_report_warns_on_few_clusters(tmp_path):
     assert "**Few clusters:** only 10 clusters (fewer than 20)" in sec
     assert "| factor | LR chi2 | df | LR p | Wald F(df, 9) p |" in sec
     assert "Read first: the LR test" in sec
+
+
+def test_compare_names_a_different_mi_scorer_by_model_not_by_label() -> None:
+    """Pure logic: "self" on one side and the same model named on the other is one scorer (no note); two
+    scorer models are two."""
+    import pandas as pd
+
+    from harness.analyze.compare import _scorer_id
+
+    frames = {"mi_estimates": pd.DataFrame({"mi_id": [1, 2, 3], "scorer_model_id": [7, 7, 9]})}
+    a = pd.Series({"mi_id": 1, "mi_scorer": "qwen2.5-coder-0.5b"})
+    b = pd.Series({"mi_id": 2, "mi_scorer": "self"})
+    c = pd.Series({"mi_id": 3, "mi_scorer": "self"})
+    assert _scorer_id(frames, a) == _scorer_id(frames, b) == 7
+    assert _scorer_id(frames, b) != _scorer_id(frames, c)

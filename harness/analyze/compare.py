@@ -89,6 +89,14 @@ def _context_terms(row: pd.Series) -> tuple[dict[str, float], dict[str, float | 
     return bits, detail.get("context_var_bits") or {}
 
 
+def _scorer_id(frames: dict[str, pd.DataFrame], cell: pd.Series) -> Any:
+    """The model id that scored a cell's MI row ("self" names differ across cells even for one model)."""
+    mi_id = cell.get("mi_id")
+    if is_null(mi_id):
+        return cell.get("mi_scorer")
+    return int(frames["mi_estimates"].set_index("mi_id").loc[int(mi_id), "scorer_model_id"])
+
+
 def paired_mi(frames: dict[str, pd.DataFrame], mi_a: Any, mi_b: Any, n_boot: int = 2000,
               seed: int = 0) -> tuple[PairedMIDifference | None, str | None]:
     """Paired MI difference A − B from two pooled MI rows (ids `mi_a`, `mi_b`) over their shared contexts.
@@ -187,7 +195,7 @@ def compare_cells(url: str | Path, cell_a: str, cell_b: str, n_boot: int = 2000,
         "bits/token": (ca["bits_per_token"], cb["bits_per_token"]),
     }
     mi = {k: (None if is_null(x) else float(x), None if is_null(y) else float(y)) for k, (x, y) in mi.items()}
-    if ca["mi_scorer"] != cb["mi_scorer"] and not is_null(ca["mi_bits"]) and not is_null(cb["mi_bits"]):
+    if _scorer_id(frames, ca) != _scorer_id(frames, cb) and not is_null(ca["mi_bits"]) and not is_null(cb["mi_bits"]):
         notes.append(f"MI scored by different models: A {ca['mi_scorer']}, B {cb['mi_scorer']}")
     mi_paired, note = paired_mi(frames, ca["mi_id"], cb["mi_id"], n_boot, seed)
     if note:
