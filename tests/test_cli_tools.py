@@ -148,7 +148,15 @@ def test_a_cached_rerun_numbers_its_stages(real: dict[str, Any]) -> None:
     from harness.config import load_config
 
     assert planned_run_stages(load_config(real["config"], {})) == 3
-    p = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(real["config"])], capture_output=True,
+    # rerun on a copy of the store, so the module's store keeps one run for the tests below (any order)
+    rerun = real["tmp"] / "rerun"
+    rerun.mkdir(exist_ok=True)
+    shutil.copy(real["store"], rerun / "store.db")
+    cfg = json.loads(Path(real["config"]).read_text())
+    cfg["output"] = {**cfg["output"], "store": str(rerun / "store.db"), "dir": str(rerun / "runs" / "{name}")}
+    cfg_path = rerun / "tools.yaml"
+    cfg_path.write_text(json.dumps(cfg))
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(cfg_path)], capture_output=True,
                        text=True, env={**real["env"], "HARNESS_PROGRESS": "1"}, cwd=REPO, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     err = p.stderr.replace("\r", "\n")
