@@ -133,14 +133,21 @@ def paired_mi(frames: dict[str, pd.DataFrame], mi_a: Any, mi_b: Any, n_boot: int
 
 def compare_cells(url: str | Path, cell_a: str, cell_b: str, n_boot: int = 2000, seed: int = 0,
                   metric: str | None = None) -> Comparison:
-    """Paired comparison of two cells of the store at `url`; a cell is named by its id, a unique prefix of it or its
-    short id (unknown or ambiguous → UserError). Verdicts by `metric` where stored (see `prediction_frame`)."""
+    """Paired comparison of two cells of the store at `url` (loads it, then `compare_frames`)."""
     from harness.results import load
     from harness.store.redact import redact_url
 
-    frames = load(url)
+    return compare_frames(load(url), cell_a, cell_b, n_boot=n_boot, seed=seed, metric=metric,
+                          where=redact_url(str(url)))
+
+
+def compare_frames(frames: dict[str, pd.DataFrame], cell_a: str, cell_b: str, *, n_boot: int = 2000, seed: int = 0,
+                   metric: str | None = None, where: str = "the store") -> Comparison:
+    """Paired comparison of two cells from a store's loaded frames (`harness.results.load`); a cell is named by its
+    id, a unique prefix of it or its short id (unknown or ambiguous → UserError naming `where`). Verdicts by `metric`
+    where stored (see `prediction_frame`)."""
     known = list(frames["cells"]["cell_id"])
-    cell_a, cell_b = (resolve_cell(c, known, redact_url(str(url))) for c in (cell_a, cell_b))
+    cell_a, cell_b = (resolve_cell(c, known, where) for c in (cell_a, cell_b))
     if cell_a == cell_b:
         raise UserError(f"compare needs two different cells; got {cell_a!r} twice")
     cells, preds, _ = cell_frame(frames, metric=metric)

@@ -2,7 +2,7 @@
 paired comparison and the report's plots.
 
 Every number comes from the analysis layer (`frames.cell_frame`, the one cell summariser, and
-`compare.compare_cells`) and is formatted by `render`, so the viewer and `harness report` / `harness compare` say the
+`compare.compare_frames`) and is formatted by `render`, so the viewer and `harness report` / `harness compare` say the
 same thing. The store is opened with `create=False` and its connection made read-only; nothing here writes to it.
 """
 
@@ -486,10 +486,10 @@ class StoreView:
     def compare(self, a: str, b: str) -> dict[str, Any]:
         """The paired comparison of `harness compare` and the discordant samples (one side right, the other
         wrong), each with both answers."""
-        from harness.analyze.compare import compare_cells, format_paired_mi
+        from harness.analyze.compare import compare_frames, format_paired_mi
 
         a, b = self.resolve_cell(a), self.resolve_cell(b)
-        c = compare_cells(self.url, a, b)
+        c = compare_frames(self.load().frames, a, b, where=self.display_url)  # the cached frames, no second read
         m = getattr(c, "discordant", None)  # the comparison's own discordant pairs, where it lists them
         if not isinstance(m, pd.DataFrame):
             ld = self.load()
