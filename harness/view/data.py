@@ -19,16 +19,12 @@ from typing import Any
 
 import pandas as pd
 
+from harness.analyze.cells import resolve_cell, short_ids
 from harness.analyze.frames import cell_frame, is_null, model_infos, sample_status
 from harness.analyze.render import fmt, fmt_accuracy, fmt_cost_pair, fmt_mi, fmt_num
 from harness.errors import UserError
 from harness.store import Store
 from harness.store.redact import redact_url
-
-try:  # short ids and cell references shared with `harness cells` and every other command, where present
-    from harness.analyze import cells as cell_refs
-except ImportError:  # pragma: no cover - an older analysis layer: the viewer's own prefixes
-    cell_refs = None  # type: ignore[assignment]
 
 PLOT_SUFFIXES = (".png", ".svg")
 # the tables whose growth means the numbers may have changed (the cache key of the loaded frames)
@@ -211,6 +207,7 @@ class Loaded:
     cells: pd.DataFrame
     preds: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    short: dict[str, str] = field(default_factory=dict)  # cell id → short id (`harness.analyze.cells.short_ids`)
 
 
 class StoreView:
@@ -244,43 +241,19 @@ class StoreView:
             if self._loaded is None or self._loaded.fingerprint != fp:
                 frames = load_store(st)
                 cells, preds, choice = cell_frame(frames, None, model_infos(frames["models"]))
-                self._loaded = Loaded(fp, frames, cells, preds, list(choice.notes))
+                self._loaded = Loaded(fp, frames, cells, preds, list(choice.notes), short_ids(cells["cell_id"]))
             return self._loaded
 
     # ------------------------------------------------------------------ ids
 
     def resolve_cell(self, ref: str) -> str:
-        """The cell `ref` names: its id, its short id (`short_ids`) or a unique prefix of its id; UserError
-        (unknown or ambiguous) otherwise."""
-        ids = list(self.load().cells["cell_id"])
-        if ref in ids:
-            return ref
-        if cell_refs is not None:
-            return cell_refs.resolve_cell(ref, ids, self.display_url)
-        hits = [c for c, s in self.short_ids().items() if s == ref] or [c for c in ids if c.startswith(ref)]
-        if len(hits) == 1:
-            return hits[0]
-        if not hits:
-            raise UserError(f"no cell {ref!r} in {self.display_url}")
-        raise UserError(f"cell prefix {ref!r} is ambiguous: {', '.join(hits[:5])}")
+        """The cell `ref` names (`harness.analyze.cells.resolve_cell`: its id, a unique prefix of it or of its short
+        id); UserError (unknown or ambiguous) otherwise."""
+        return resolve_cell(ref, list(self.load().cells["cell_id"]), self.display_url)
 
     def short_ids(self) -> dict[str, str]:
-        """cell id → a short id: the id's last path part when that is unique and hash-like (a sweep's cells, e.g.
-        "e6a567de"), else the id's shortest unique prefix of at least 8 characters."""
-        ids = list(self.load().cells["cell_id"])
-        if cell_refs is not None:
-            return cell_refs.short_ids(ids)
-        tails = [c.rsplit("/", 1)[-1] for c in ids]
-        out = {}
-        for c, t in zip(ids, tails, strict=True):
-            if "/" in c and tails.count(t) == 1 and re.fullmatch(r"[0-9a-f]{6,}", t) and t not in ids:
-                out[c] = t
-                continue
-            n = min(8, len(c))
-            while n < len(c) and sum(o.startswith(c[:n]) for o in ids) > 1:
-                n += 1
-            out[c] = c[:n]
-        return out
+        """cell id → short id (`harness.analyze.cells.short_ids`, computed once per load)."""
+        return self.load().short
 
     # ------------------------------------------------------------------ the grid
 
@@ -490,16 +463,7 @@ class StoreView:
 
         a, b = self.resolve_cell(a), self.resolve_cell(b)
         c = compare_frames(self.load().frames, a, b, where=self.display_url)  # the cached frames, no second read
-        m = getattr(c, "discordant", None)  # the comparison's own discordant pairs, where it lists them
-        if not isinstance(m, pd.DataFrame):
-            ld = self.load()
-            sa, sb = self._cell_samples(ld, a), self._cell_samples(ld, b)
-            keep = ["sample_id", "status", "correct", "prediction", "parsed"]
-            sa = sa[sa["status"] == "ok"].reindex(columns=keep).drop_duplicates("sample_id")
-            sb = sb[sb["status"] == "ok"].reindex(columns=keep).drop_duplicates("sample_id")
-            m = sa.merge(sb, on="sample_id", suffixes=("_a", "_b"))
-            m = m[m["correct_a"].astype(bool) != m["correct_b"].astype(bool)]
-        disc = [{k: _py(v) for k, v in r.items()} for r in m.to_dict("records")]
+        disc = [{k: _py(v) for k, v in r.items()} for r in c.discordant.to_dict("records")]
         disc.sort(key=lambda x: (not x["correct_a"], _natural(str(x["sample_id"]))))
         short = self.short_ids()
         return {
