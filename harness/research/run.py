@@ -136,11 +136,7 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
     samples: list[Sample] = load_samples(cfg.task)
     search = None
     if {"compressor-predictor", "predictor-only"} & set(rc.arms):
-        from harness.config import RetrievalConfig
-        from harness.retrieval.apply import check_retrieval
-
-        check_retrieval(RetrievalConfig(corpus=rc.corpus, retriever=rc.retriever, embedder=rc.embedder), "research")
-        docs = research_corpus(rc.corpus, samples)
+        docs = research_corpus(rc.corpus, samples, retriever=rc.retriever, embedder=rc.embedder)
     announce(models)
     cache = ResponseCache(cfg.output.cache) if cfg.output.cache else None
     if {"compressor-predictor", "predictor-only"} & set(rc.arms):

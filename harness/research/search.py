@@ -24,19 +24,18 @@ class Hit:
     text: str
 
 
-def research_corpus(corpus: str, samples: Sequence[Sample], field: str = "research.corpus") -> list[Document]:
+def research_corpus(corpus: str, samples: Sequence[Sample], field: str = "research.corpus", retriever: str = "bm25",
+                    embedder: str = "minilm-l6") -> list[Document]:
     """`task`: every sample's passages pooled and deduplicated by id (FinanceBench: the evidence pages of all its
-    companies); else the passages of a folder of .txt/.md/.jsonl files."""
-    from harness.retrieval.apply import check_retrieval
-    from harness.retrieval.corpus import folder_corpus, task_corpus
+    companies); else the passages of a folder of .txt/.md/.jsonl files. The corpus, retriever and embedder are
+    checked once (`check_retrieval`), which parses the folder once."""
+    from harness.retrieval.apply import shared_corpus
 
-    if corpus == "task":
-        docs = task_corpus(samples)
-        if not docs:
-            raise UserError(f"{field}: the task's samples have no passages to search; point it at a folder")
-        return docs
-    check_retrieval(RetrievalConfig(corpus=corpus), field.rpartition(".")[0] or "research")
-    return folder_corpus(corpus, field)
+    rc = RetrievalConfig(corpus=corpus, retriever=retriever, embedder=embedder)  # type: ignore[arg-type]
+    docs = shared_corpus(rc, samples, field.rpartition(".")[0] or "research")
+    if docs is None or (corpus == "task" and not docs):
+        raise UserError(f"{field}: the task's samples have no passages to search; point it at a folder")
+    return docs
 
 
 class SearchTool:
@@ -44,41 +43,24 @@ class SearchTool:
 
     def __init__(self, docs: Sequence[Document], retriever: str = "bm25", embedder: str = "minilm-l6",
                  cache: Any = None):
-        from harness.retrieval.corpus import corpus_hash
+        from harness.retrieval.apply import Ranker
 
-        self.docs = list(docs)
+        self.ranker = Ranker(docs, RetrievalConfig(corpus="task", retriever=retriever, embedder=embedder),  # type: ignore[arg-type]
+                             cache)
+        self.docs = self.ranker.docs
         self.by_id = {d.id: d for d in self.docs}
-        self.rc = RetrievalConfig(corpus="task", retriever=retriever, embedder=embedder)  # type: ignore[arg-type]
-        self.chash = corpus_hash(self.docs)
-        self.cache = cache
-        self._index: Any = None
         self.searched = 0  # queries the retriever answered (not the cache)
 
-    def _key(self, query: str, k: int) -> tuple[str, Any, dict[str, Any]]:
-        from harness.backends.cache import cache_key
-        from harness.retrieval.apply import identity
-
-        ident = identity(self.rc, self.chash)
-        req = {"query": query, "k": min(k, len(self.docs))}
-        return cache_key("retrieval", ident, req), ident, req
+    @property
+    def _index(self) -> Any:
+        """The retriever's index; None until a query the cache does not answer."""
+        return self.ranker.index
 
     def ranked(self, query: str, k: int) -> tuple[list[str], list[float]]:
         """Ids and scores of the top `k` passages for `query`, best first (ties: the earlier passage)."""
-        from harness.retrieval.corpus import passage_text
-        from harness.retrieval.retrievers import make_retriever, top_k
-
-        key, ident, req = self._key(query, k)
-        hit = self.cache.get(key) if self.cache is not None else None
-        if hit is not None and all(i in self.by_id for i in hit["ids"]):
-            return list(hit["ids"]), [float(x) for x in hit["scores"]]
-        if self._index is None:
-            self._index = make_retriever(self.rc.retriever, [passage_text(d) for d in self.docs], self.rc.embedder)
-        idx, sc = top_k(self._index.scores(query), k)
-        self.searched += 1
-        res = {"ids": [self.docs[i].id for i in idx], "scores": [float(x) for x in sc]}
-        if self.cache is not None:
-            self.cache.put(key, "retrieval", ident, req, res)
-        return res["ids"], res["scores"]
+        res, fresh = self.ranker.rank(query, k)
+        self.searched += fresh
+        return list(res["ids"]), [float(x) for x in res["scores"]]
 
     def search(self, query: str, k: int) -> list[Hit]:
         """The top `k` passages for `query` as `Hit`s."""

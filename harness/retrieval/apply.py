@@ -25,8 +25,10 @@ STATS = {"queries": 0, "indexes": 0}
 RETRIEVAL_VERSION = 1
 
 
-def check_retrieval(rc: RetrievalConfig, field: str = "retrieval") -> None:
-    """One-line `UserError` for a corpus folder that is missing or empty, or a dense embedder that is not fetched."""
+def check_retrieval(rc: RetrievalConfig, field: str = "retrieval") -> list[Document] | None:
+    """One-line `UserError` for a corpus folder that is missing or empty, or a dense embedder that is not fetched.
+    Returns the folder's passages (parsed once, here), None for `task` and `sample`."""
+    folder = None
     if rc.corpus not in ("task", "sample"):
         p = Path(rc.corpus).expanduser()
         if not p.exists():
@@ -34,7 +36,7 @@ def check_retrieval(rc: RetrievalConfig, field: str = "retrieval") -> None:
                             "'sample' (each sample's own) or a folder of .txt/.md/.jsonl files")
         if not p.is_dir():
             raise UserError(f"{field}.corpus: '{rc.corpus}' is a file; point it at a folder of .txt/.md/.jsonl files")
-        folder_corpus(p, f"{field}.corpus")
+        folder = folder_corpus(p, f"{field}.corpus")
     if rc.retriever in ("dense", "hybrid"):
         from harness.backends import packs
 
@@ -44,12 +46,61 @@ def check_retrieval(rc: RetrievalConfig, field: str = "retrieval") -> None:
         if not packs.embed_present(rc.embedder):
             raise UserError(f"{field}.embedder: the '{rc.embedder}' pack is not fetched; run "
                             f"`harness models fetch {rc.embedder}`")
+    return folder
+
+
+def shared_corpus(rc: RetrievalConfig, samples: Sequence[Sample], field: str = "retrieval") -> list[Document] | None:
+    """`rc` checked (`check_retrieval`) and the passages every query ranks: a folder's (parsed once) or, for `task`,
+    every sample's pooled; None for `sample` (each sample ranks its own)."""
+    folder = check_retrieval(rc, field)
+    if folder is not None:
+        return folder
+    return task_corpus(samples) if rc.corpus == "task" else None
 
 
 def identity(rc: RetrievalConfig, chash: str) -> ModelIdentity:
     """What makes a ranking what it is: retriever, embedder, corpus content and the code version."""
     emb = rc.embedder if rc.retriever != "bm25" else ""
     return ModelIdentity("retrieval", f"{rc.retriever}:{emb}", chash, f"v{RETRIEVAL_VERSION}", "")
+
+
+class Ranker:
+    """The top `k` passages of one corpus for a query: from the response cache when it holds them (key: corpus hash,
+    retriever, embedder, query, k), else from the retriever, built on the first query the cache does not answer;
+    retriever calls are counted in `STATS`. `retrieve_samples` and the research search tool both rank through it."""
+
+    def __init__(self, docs: Sequence[Document], rc: RetrievalConfig, cache: Any = None):
+        self.docs = list(docs)
+        self.ids = {d.id for d in self.docs}
+        self.rc = rc
+        self.chash = corpus_hash(self.docs)
+        self.cache = cache
+        self.index: Any = None
+
+    def key(self, query: str, k: int) -> tuple[str, ModelIdentity, dict[str, Any]]:
+        """The cache key of (`query`, `k`) over this corpus, with the identity and request it hashes."""
+        from harness.backends.cache import cache_key
+
+        ident = identity(self.rc, self.chash)
+        req = {"query": query, "k": min(k, len(self.docs))}
+        return cache_key("retrieval", ident, req), ident, req
+
+    def rank(self, query: str, k: int) -> tuple[dict[str, Any], bool]:
+        """`{"ids", "scores"}` of the top `k` passages, best first (ties: the earlier passage), and whether the
+        retriever (not the cache) answered."""
+        key, ident, req = self.key(query, k)
+        hit = self.cache.get(key) if self.cache is not None else None
+        if hit is not None and all(i in self.ids for i in hit["ids"]):
+            return hit, False
+        if self.index is None:
+            self.index = make_retriever(self.rc.retriever, [passage_text(d) for d in self.docs], self.rc.embedder)
+            STATS["indexes"] += 1
+        idx, sc = top_k(self.index.scores(query), k)
+        STATS["queries"] += 1
+        res = {"ids": [self.docs[i].id for i in idx], "scores": [float(x) for x in sc]}
+        if self.cache is not None:
+            self.cache.put(key, "retrieval", ident, req, res)
+        return res, True
 
 
 def retrieve_samples(samples: Sequence[Sample], rc: RetrievalConfig, cache: Any = None
@@ -63,50 +114,35 @@ def retrieve_samples(samples: Sequence[Sample], rc: RetrievalConfig, cache: Any 
     the ids, ranks, scores and recall@k; `meta["doc_sentences"]` is extended to every retrieved passage that any
     sample labels (synthetic-multidoc), so gold-support measures see the sentences of the context.
     """
-    from harness.backends.cache import cache_key
-
-    check_retrieval(rc)
-    if rc.corpus == "sample":  # each sample ranks its own passages (HotpotQA's distractor setting)
+    shared = shared_corpus(rc, samples)
+    if shared is None:  # each sample ranks its own passages (HotpotQA's distractor setting)
         corpora = [task_corpus([s]) for s in samples]
     else:
-        shared = task_corpus(samples) if rc.corpus == "task" else folder_corpus(rc.corpus)
         corpora = [shared] * len(samples)
     if not any(corpora):
         raise UserError("retrieval.corpus: the task's samples have no passages to retrieve from")
-    hashes = {id(c): corpus_hash(c) for c in corpora}
-    results: list[dict[str, Any] | None] = [None] * len(samples)
+    rankers = {id(c): Ranker(c, rc, cache) for c in corpora}
+    hashes = {i: r.chash for i, r in rankers.items()}
+    results: list[dict[str, Any]] = []
     keys: list[str] = []
-    for n, (s, docs) in enumerate(zip(samples, corpora, strict=True)):
-        req = {"query": s.question, "k": min(rc.top_k, len(docs))}
-        keys.append(cache_key("retrieval", identity(rc, hashes[id(docs)]), req))
-        hit = cache.get(keys[-1]) if cache is not None else None
-        ids = {d.id for d in docs}
-        if hit is not None and all(i in ids for i in hit["ids"]):
-            results[n] = hit
-    searched: dict[str, dict[str, Any]] = {}  # cache key -> result, for queries asked twice in this call
-    retrievers: dict[int, Any] = {}
-    for n, (s, docs) in enumerate(zip(samples, corpora, strict=True)):
-        if results[n] is not None or not docs:
-            results[n] = results[n] or {"ids": [], "scores": []}
+    done: dict[str, dict[str, Any]] = {}  # cache key -> result, for queries asked twice in this call
+    searched: set[str] = set()  # keys the retriever (not the cache) answered
+    for s, docs in zip(samples, corpora, strict=True):
+        ranker = rankers[id(docs)]
+        keys.append(ranker.key(s.question, rc.top_k)[0])
+        if not docs:
+            results.append({"ids": [], "scores": []})
             continue
-        if keys[n] not in searched:
-            if id(docs) not in retrievers:
-                retrievers[id(docs)] = make_retriever(rc.retriever, [passage_text(d) for d in docs], rc.embedder)
-                STATS["indexes"] += 1
-            idx, sc = top_k(retrievers[id(docs)].scores(s.question), rc.top_k)
-            STATS["queries"] += 1
-            res = {"ids": [docs[i].id for i in idx], "scores": [float(x) for x in sc]}
-            searched[keys[n]] = res
-            if cache is not None:
-                req = {"query": s.question, "k": min(rc.top_k, len(docs))}
-                cache.put(keys[n], "retrieval", identity(rc, hashes[id(docs)]), req, res)
-        results[n] = searched[keys[n]]
+        if keys[-1] not in done:
+            done[keys[-1]], fresh = ranker.rank(s.question, rc.top_k)
+            if fresh:
+                searched.add(keys[-1])
+        results.append(done[keys[-1]])
     sentences: dict[str, list[str]] = {}
     for s in samples:
         sentences.update(s.meta.get("doc_sentences") or {})
     out, recalls = [], []
     for s, docs, res in zip(samples, corpora, results, strict=True):
-        assert res is not None
         by_id = {d.id: d for d in docs}
         k = min(rc.top_k, len(docs))
         gold = {d.id: d for d in s.documents if d.is_gold}
