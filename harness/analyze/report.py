@@ -129,9 +129,10 @@ def build_report(
         L += examples_section(frames, cells, preds, labels, seed=seed)
         from harness.analyze.research import research_section  # Deep-Research cells (harness.research)
 
-        research_lines, research_plots = research_section(frames, folder, run_id)
+        research_lines, research_plots, research_files = research_section(frames, folder, run_id)
         L += research_lines
         rep.plots += research_plots
+        rep.files += research_files
     L += [
         "## Files",
         "",

@@ -14,6 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness.analyze import tune
+from harness.analyze.frames import is_null, sum_or_none
+from harness.analyze.render import fmt
+
 PREFIX = "research-"
 
 
@@ -36,17 +40,8 @@ def ratio_ci(a: Sequence[bool], b: Sequence[bool], n_boot: int = 2000, seed: int
 def pareto_front(cost: Sequence[float], acc: Sequence[float]) -> list[int]:
     """Indices of the points no other point beats (cost ≤ and accuracy ≥, one strictly), by cost (pure)."""
     c, a = np.asarray(cost, dtype=float), np.asarray(acc, dtype=float)
-    keep = []
-    for i in range(c.size):
-        beaten = np.any((c <= c[i]) & (a >= a[i]) & ((c < c[i]) | (a > a[i])))
-        if not beaten and np.isfinite(c[i]) and np.isfinite(a[i]):
-            keep.append(i)
-    return sorted(keep, key=lambda i: (c[i], -a[i]))
-
-
-def _sum(s: pd.Series) -> float | None:
-    s = pd.to_numeric(s, errors="coerce").dropna()
-    return float(s.sum()) if len(s) else None
+    idx = np.flatnonzero(tune.pareto_front(c, a) & np.isfinite(c) & np.isfinite(a))
+    return sorted((int(i) for i in idx), key=lambda i: (c[i], -a[i]))
 
 
 def research_frames(frames: dict[str, pd.DataFrame], cell_ids: Sequence[str] | None = None
@@ -69,7 +64,7 @@ def research_frames(frames: dict[str, pd.DataFrame], cell_ids: Sequence[str] | N
             d = p.drop_duplicates("compression_id") if pre == "comp_" else p
             d = d[d[f"{pre}prompt_tokens"].notna()]
             for k in ("prompt_tokens", "completion_tokens", "seconds", "flops", "dollars"):
-                row[f"{role}_{k}"] = _sum(d[f"{pre}{k}"]) if len(d) else None
+                row[f"{role}_{k}"] = sum_or_none(d[f"{pre}{k}"]) if len(d) else None
         rounds, early, plan_fail = [], 0, 0
         if len(st):
             for _sid, g in st.groupby("sample_id"):
@@ -90,15 +85,7 @@ def research_frames(frames: dict[str, pd.DataFrame], cell_ids: Sequence[str] | N
 
 def _num(x: Any) -> float | None:
     """A number, or None for None / NaN / NA."""
-    try:
-        return None if x is None or pd.isna(x) else float(x)
-    except (TypeError, ValueError):
-        return None
-
-
-def _fmt(x: Any, spec: str) -> str:
-    x = _num(x)
-    return "-" if x is None else format(x, spec)
+    return None if is_null(x) else float(x)
 
 
 def _label(r: Any) -> str:
@@ -119,7 +106,7 @@ def headlines(cells: pd.DataFrame, preds: pd.DataFrame, n_boot: int = 2000, seed
         cp = preds[(preds["cell_id"] == r["cell_id"]) & (preds["status"] == "ok")].set_index("sample_id")["correct"]
         both = cp.index.intersection(pp.index)
         a, lo, hi = ratio_ci([bool(cp[s]) for s in both], [bool(pp[s]) for s in both], n_boot, seed)
-        unit = "dollars" if _num(r["predictor_dollars"]) is not None and _num(po["predictor_dollars"]) else "FLOPs"
+        unit = "dollars" if not is_null(r["predictor_dollars"]) and _num(po["predictor_dollars"]) else "FLOPs"
         key = "predictor_dollars" if unit == "dollars" else "predictor_flops"
         num, den = _num(r[key]), _num(po[key])
         b = num / den if num is not None and den else None
@@ -128,7 +115,7 @@ def headlines(cells: pd.DataFrame, preds: pd.DataFrame, n_boot: int = 2000, seed
                     f"{len(both)} shared samples right)")
         else:
             line = (f"compressor {r['compressor']} recovers {a:.0%} [{lo:.0%}, {hi:.0%}] of predictor-only accuracy "
-                    f"at {_fmt(None if b is None else 100 * b, '.0f')}% of its predictor cost ({unit}; "
+                    f"at {fmt(None if b is None else 100 * b, '.0f')}% of its predictor cost ({unit}; "
                     f"{len(both)} paired samples)")
         out.append({"cell_id": r["cell_id"], "compressor": r["compressor"], "recovery": a, "recovery_lo": lo,
                     "recovery_hi": hi, "cost_share": b, "cost_unit": unit, "paired": len(both), "line": line})
@@ -145,7 +132,7 @@ def research_table(cells: pd.DataFrame) -> str:
     order = {"no-retrieval": 0, "predictor-only": 1, "compressor-predictor": 2, "oracle-evidence": 3}
     cells = cells.assign(_o=cells["arm"].map(order).fillna(9), _p=cells["compressor_params"].fillna(0))
     for _, r in cells.sort_values(["_o", "_p"]).iterrows():
-        acc = _fmt(r["accuracy"], ".3f") + ("" if _num(r["acc_lo"]) is None
+        acc = fmt(r["accuracy"], ".3f") + ("" if is_null(r["acc_lo"])
                                             else f" [{r['acc_lo']:.2f}, {r['acc_hi']:.2f}]")
         pf, cf = _num(r["predictor_flops"]), _num(r["compressor_flops"])
         tot = [x for x in (pf, cf) if x is not None]
@@ -156,11 +143,11 @@ def research_table(cells: pd.DataFrame) -> str:
 
         secs = [x for x in (_num(r["predictor_seconds"]), _num(r["compressor_seconds"])) if x is not None]
         rows.append([r["arm"], _label(r), str(int(r["samples"])), acc, str(int(r["errors"])),
-                     _fmt(r["rounds_mean"], ".2f"), str(r["early_stops"]), str(r["planning_failures"]),
-                     tok("predictor"), _fmt(r["predictor_dollars"], ".5f"),
-                     _fmt(None if pf is None else pf / 1e9, ".1f"), tok("compressor"),
-                     _fmt(None if cf is None else cf / 1e9, ".1f"),
-                     _fmt(sum(tot) / 1e9 if tot else None, ".1f"), _fmt(sum(secs) if secs else None, ".1f")])
+                     fmt(r["rounds_mean"], ".2f"), str(r["early_stops"]), str(r["planning_failures"]),
+                     tok("predictor"), fmt(r["predictor_dollars"], ".5f"),
+                     fmt(None if pf is None else pf / 1e9, ".1f"), tok("compressor"),
+                     fmt(None if cf is None else cf / 1e9, ".1f"),
+                     fmt(sum(tot) / 1e9 if tot else None, ".1f"), fmt(sum(secs) if secs else None, ".1f")])
     return md_table(head, rows)
 
 
@@ -186,18 +173,17 @@ def mi_note(frames: dict[str, pd.DataFrame], cells: pd.DataFrame) -> str:
             "under, so the conditional estimator I(X;Z|Q) is not computed for research cells.")
 
 
-def frontier_plot(cells: pd.DataFrame, path: Path) -> Path | None:
+def frontier_plot(cells: pd.DataFrame, path: Path) -> list[Path]:
     """Accuracy (95% CI) against predictor cost per sample (left: dollars, or GFLOPs without prices) and total
     GFLOPs per sample (right), one point per cell, compressor-predictor points labelled by compressor size, the
-    Pareto frontier drawn; None when there is nothing to plot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Pareto frontier drawn; saved as PNG, SVG and PDF (`render.save_figure`), which it returns (PNG first); none
+    when there is nothing to plot."""
+    from harness.analyze.render import pyplot, save_figure
 
     d = cells[cells["accuracy"].notna()].copy()
     if d.empty:
-        return None
+        return []
+    plt = pyplot()
     n = d["samples"].clip(lower=1).astype(float)
     priced = d["predictor_dollars"].notna().all()
     d["x_pred"] = (d["predictor_dollars"] if priced else d["predictor_flops"] / 1e9).astype(float) / n
@@ -224,9 +210,7 @@ def frontier_plot(cells: pd.DataFrame, path: Path) -> Path | None:
     fig.suptitle("Deep-Research: cost–accuracy frontier across compressor sizes", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def research_summary(url: str | Path, cell_ids: Sequence[str] | None = None, plot: Path | None = None
@@ -244,29 +228,28 @@ def research_summary(url: str | Path, cell_ids: Sequence[str] | None = None, plo
     out: dict[str, Any] = {"rows": json.loads(cells.to_json(orient="records")) if len(cells) else [],
                            "headlines": heads, "table": text}
     if plot is not None and len(cells):
-        p = frontier_plot(cells, plot)
-        out["plot"] = str(p) if p else None
+        files = frontier_plot(cells, plot)
+        out["plot"] = str(files[0]) if files else None
     return out
 
 
 def research_section(frames: dict[str, pd.DataFrame], folder: Path, run_id: str | None = None
-                     ) -> tuple[list[str], list[Path]]:
-    """The report's Deep-Research section (markdown lines) and its plot; empty without research cells."""
+                     ) -> tuple[list[str], list[Path], list[Path]]:
+    """The report's Deep-Research section (markdown lines), its plot (PNG) and the plot's files (PNG, SVG, PDF);
+    empty without research cells."""
     cells, preds = research_frames(frames)
     if run_id is not None and len(cells):
         cells = cells[cells["run_id"] == run_id]
     if cells.empty:
-        return [], []
+        return [], [], []
     L = ["## Deep-Research", "", research_table(cells), ""]
     for h in headlines(cells, preds):
         L.append(f"- **{h['line']}**")
     L += ["", mi_note(frames, cells), ""]
-    plots = []
-    p = frontier_plot(cells, folder / "research_frontier.png")
-    if p is not None:
-        plots.append(p)
-        L += [f"![cost–accuracy frontier]({p.name})", ""]
-    return L, plots
+    files = frontier_plot(cells, folder / "research_frontier.png")
+    if files:
+        L += [f"![cost–accuracy frontier]({files[0].name})", ""]
+    return L, files[:1], files
 
 
 def format_trace(steps: Sequence[dict[str, Any]], width: int = 400) -> str:
