@@ -311,3 +311,29 @@ def test_filter_ib_terms_stored_after_a_real_run(tmp_path) -> None:
     rep = build_report(store, tmp_path / "report")
     text = rep.path.read_text()
     assert "## IB terms per filter" in text and "extractive" in text
+
+
+def test_sweep_filters_share_one_scorer_load(tmp_path) -> None:
+    """A real sweep of two filter settings with a float32 smollm2 scorer loads the scorer once for both (the filters
+    share the sweep's scorer backend) and the predictor once: 2 model loads, and every compression has IB terms."""
+    need_pack("smollm2-135m")
+    from harness.config import parse_sweep_config
+    from harness.pipeline.sweep import run_sweep
+    from harness.store import Store
+
+    cfg = parse_sweep_config({
+        "name": "share", "task": {"name": "synthetic-multidoc", "size": 2, "options": {"n_distractors": 2}},
+        "models": {"compressor": {"model": "filter/full", "tokenizer": "gguf/smollm2-135m"},
+                   "predictor": {"model": "gguf/smollm2-135m", "dtype": "float32"},
+                   "scorer": {"model": "gguf/smollm2-135m", "dtype": "float32"}},
+        "arms": ["compressed"], "generation": {"predictor": {"max_new_tokens": 4}},
+        "sweep": {"compressors": [{"model": "filter/extractive", "tokenizer": "gguf/smollm2-135m",
+                                   "options": {"sentences": n}} for n in (1, 2)],
+                  "predictors": ["gguf/smollm2-135m"]},
+        "output": {"dir": str(tmp_path / "out"), "store": str(tmp_path / "s.db"), "cache": None}})
+    out = run_sweep(cfg, quiet=True)
+    assert out["model_loads"] == 2  # the scorer once for both filter settings, the predictor once
+    st = Store.open(str(tmp_path / "s.db"))
+    comps = st.rows("compressions")
+    assert len(comps) == 4 and all(st.compression_terms(c["compression_id"]) for c in comps)
+    st.close()

@@ -25,8 +25,10 @@ def tokenizer_spec(cfg: RunConfig, mc: ModelConfig) -> str | None:
 
 
 def make_compressor(cfg: RunConfig, mc: ModelConfig | None = None, *, field: str = "models.compressor.model",
-                    cache: Any = None) -> Compressor:
-    """The compressor of a run config (lazy: no weights load here); a bad spec is a one-line `UserError`."""
+                    cache: Any = None, scorer_backend: Any = None) -> Compressor:
+    """The compressor of a run config (lazy: no weights load here); a bad spec is a one-line `UserError`.
+    `scorer_backend`: a filter's IB scorer backend shared by the caller (`make_filter`), which the filter never
+    closes."""
     from harness.backends.registry import make_backend
     from harness.pipeline.stages import params_from
 
@@ -35,7 +37,7 @@ def make_compressor(cfg: RunConfig, mc: ModelConfig | None = None, *, field: str
     if mc.backend == "filter":
         from harness.compressors.filters import make_filter
 
-        return make_filter(cfg, mc, field=field, cache=cache)
+        return make_filter(cfg, mc, field=field, cache=cache, scorer_backend=scorer_backend)
     if mc.backend == "python":
         tok = tokenizer_spec(cfg, mc)
         if tok is None:

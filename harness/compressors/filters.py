@@ -192,12 +192,14 @@ class FilterCompressor:
     deterministic = True
 
     def __init__(self, spec: str, options: dict[str, Any] | None = None, *, tokenizer: Any = None, ib: Any = None,
-                 abstractive: Any = None, train: list[Sample] | None = None, field: str = "models.compressor"):
+                 abstractive: Any = None, train: list[Sample] | None = None, field: str = "models.compressor",
+                 owns_scorer: bool = True):
         self.spec = spec
         self.kind = spec.partition("/")[2]
         self.options = filter_options(self.kind, dict(options or {}), field)
         self.tokenizer = tokenizer  # a local backend: counts tokens, truncates
         self.ib = ib  # harness.compressors.ib.IBScorer: filter/ib-oracle only
+        self.owns_scorer = owns_scorer  # False: the IB scorer's backend is shared (a sweep's), closed by its owner
         self.abstractive = abstractive  # an LMCompressor whose greedy summary is one more ib-oracle candidate
         if self.kind.startswith("ib-") and ib is None:
             raise UserError(f"{field}.model: filter/ib-oracle scores candidates with an LM; set models.scorer")
@@ -335,17 +337,29 @@ class FilterCompressor:
     def close(self) -> None:
         if self.tokenizer is not None:
             self.tokenizer.close()
-        if self.ib is not None:
+        if self.ib is not None and self.owns_scorer:
             self.ib.close()
         if self.abstractive is not None:
             self.abstractive.close()
 
 
 
-def make_filter(cfg: Any, mc: Any, *, field: str = "models.compressor.model", cache: Any = None) -> FilterCompressor:
+def filter_scorer_config(cfg: Any) -> Any:
+    """The `models.scorer` a filter scores IB terms with: float32 where `dtype: auto` (an explicit dtype is kept);
+    None without a scorer."""
+    sc = cfg.models.scorer
+    if sc is not None and sc.dtype == "auto":
+        sc = sc.model_copy(update={"dtype": "float32"})
+    return sc
+
+
+def make_filter(cfg: Any, mc: Any, *, field: str = "models.compressor.model", cache: Any = None,
+                scorer_backend: Any = None) -> FilterCompressor:
     """The `filter/<kind>` compressor of a run config: its tokenizer (the compressor's `tokenizer`, else the
     scorer's or predictor's local model) and, for `ib-oracle`, an IB scorer on `models.scorer` in float32
-    (`dtype: auto` becomes float32; an explicit dtype is kept). Lazy: no weights load here."""
+    (`filter_scorer_config`). `scorer_backend`: that scorer's backend shared by the caller (a sweep's, one for
+    all its filters), which the filter does not close; else the filter makes its own. Lazy: no weights load
+    here."""
     from harness.backends.registry import make_backend
     from harness.compressors import tokenizer_spec
     from harness.compressors.ib import IBScorer
@@ -367,9 +381,9 @@ def make_filter(cfg: Any, mc: Any, *, field: str = "models.compressor.model", ca
     # every filter's compressions get their IB terms from models.scorer where one is set (option ib_terms: false
     # turns that off for full/truncate/extractive)
     if sc is not None and (kind.startswith("ib-") or mc.options.get("ib_terms", True)):
-        if sc.dtype == "auto":
-            sc = sc.model_copy(update={"dtype": "float32"})
-        ib = IBScorer(make_backend(sc, field="models.scorer.model", cache=cache), cfg.prompts, tokenizer=tb)
+        sb = scorer_backend if scorer_backend is not None else make_backend(
+            filter_scorer_config(cfg), field="models.scorer.model", cache=cache)
+        ib = IBScorer(sb, cfg.prompts, tokenizer=tb)
     lm = None
     spec = mc.options.get("abstractive")
     if spec:
@@ -381,7 +395,8 @@ def make_filter(cfg: Any, mc: Any, *, field: str = "models.compressor.model", ca
     train = None
     if kind == "ib-learned":
         train = _training_samples(cfg, mc.options["train_ids"], f"{base}.options.train_ids", cache)
-    return FilterCompressor(mc.model, mc.options, tokenizer=tb, ib=ib, abstractive=lm, train=train, field=base)
+    return FilterCompressor(mc.model, mc.options, tokenizer=tb, ib=ib, abstractive=lm, train=train, field=base,
+                            owns_scorer=scorer_backend is None)
 
 
 def _training_samples(cfg: Any, ids: list[str], field: str, cache: Any) -> list[Sample]:

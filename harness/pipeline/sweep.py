@@ -27,6 +27,7 @@ from typing import Any
 from harness.backends.base import STATS
 from harness.backends.registry import make_backend
 from harness.compressors import CompressInput, Compressor, LMCompressor, make_compressor
+from harness.compressors.filters import filter_scorer_config
 from harness.compressors.ib import store_terms
 from harness.config import LM_BACKENDS, ModelConfig, RunConfig
 from harness.cost import model_meta
@@ -148,10 +149,18 @@ class Sweep:
         k = self._mkey(mc)
         field = self.fields.get(k, field)
         if k not in self.backends:
-            lm = mc.backend in LM_BACKENDS
-            self.backends[k] = (make_backend(mc, field=field, cache=self.cache) if lm
-                                else make_compressor(self.cfg, mc, field=field, cache=self.cache))
+            if mc.backend in LM_BACKENDS:
+                self.backends[k] = make_backend(mc, field=field, cache=self.cache)
+            else:  # a filter scores IB terms with the one scorer backend all filters share
+                sb = self._filter_scorer() if mc.backend == "filter" else None
+                self.backends[k] = make_compressor(self.cfg, mc, field=field, cache=self.cache, scorer_backend=sb)
         return self.backends[k]
+
+    def _filter_scorer(self) -> Any:
+        """The filters' IB scorer backend (`models.scorer` in float32, lazy; None without a scorer): one for every
+        filter setting, kept in the backend cache until the compress stage ends."""
+        sc = filter_scorer_config(self.cfg)
+        return None if sc is None else self._backend(sc, "models.scorer.model")
 
     def _compressor(self, u: CompressUnit) -> Compressor:
         """The compressor of a unit: its model's backend with the unit's prompt, or a python/ or filter/ one."""
@@ -296,6 +305,8 @@ class Sweep:
                 if c.unit in {u.key for u in units}:
                     self.store.set_cell_status(c.cell_id, "compress", "done")
         self._switch(loaded, None)
+        if (sc := filter_scorer_config(self.cfg)) is not None:
+            self._release(sc)  # the filters' shared IB scorer
 
     # ---- leases: workers on one store split each stage's units ----
     def _claimed(self, stage: str, items: list[Any], key: Any) -> Any:
