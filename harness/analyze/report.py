@@ -129,7 +129,7 @@ def build_report(
         L += examples_section(frames, cells, preds, labels, seed=seed)
         from harness.analyze.research import research_section  # Deep-Research cells (harness.research)
 
-        research_lines, research_plots, research_files = research_section(frames, folder, run_id)
+        research_lines, research_plots, research_files = research_section(frames, folder, run_id, cells, preds)
         L += research_lines
         rep.plots += research_plots
         rep.files += research_files

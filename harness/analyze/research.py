@@ -44,12 +44,16 @@ def pareto_front(cost: Sequence[float], acc: Sequence[float]) -> list[int]:
     return sorted((int(i) for i in idx), key=lambda i: (c[i], -a[i]))
 
 
-def research_frames(frames: dict[str, pd.DataFrame], cell_ids: Sequence[str] | None = None
+def research_frames(frames: dict[str, pd.DataFrame], cell_ids: Sequence[str] | None = None,
+                    cells: pd.DataFrame | None = None, preds: pd.DataFrame | None = None
                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(one row per research cell with accuracy, errors, rounds, early stops and cost per role; its predictions)."""
-    from harness.analyze.frames import cell_frame
+    """(one row per research cell with accuracy, errors, rounds, early stops and cost per role; its predictions).
+    `cells`, `preds`: a `cell_frame` already built (the report's), else one is built over the research cells only."""
+    if cells is None or preds is None:
+        from harness.analyze.frames import cell_frame
 
-    cells, preds, _ = cell_frame(frames)
+        raw = frames["cells"]
+        cells, preds, _ = cell_frame({**frames, "cells": raw[raw["cell_id"].astype(str).str.startswith(PREFIX)]})
     cells = cells[cells["cell_id"].astype(str).str.startswith(PREFIX)]
     if cell_ids is not None:
         cells = cells[cells["cell_id"].isin(list(cell_ids))]
@@ -233,11 +237,12 @@ def research_summary(url: str | Path, cell_ids: Sequence[str] | None = None, plo
     return out
 
 
-def research_section(frames: dict[str, pd.DataFrame], folder: Path, run_id: str | None = None
+def research_section(frames: dict[str, pd.DataFrame], folder: Path, run_id: str | None = None,
+                     cells: pd.DataFrame | None = None, preds: pd.DataFrame | None = None
                      ) -> tuple[list[str], list[Path], list[Path]]:
     """The report's Deep-Research section (markdown lines), its plot (PNG) and the plot's files (PNG, SVG, PDF);
-    empty without research cells."""
-    cells, preds = research_frames(frames)
+    empty without research cells. `cells`, `preds`: the report's `cell_frame`, so cells are not summarised twice."""
+    cells, preds = research_frames(frames, cells=cells, preds=preds)
     if run_id is not None and len(cells):
         cells = cells[cells["run_id"] == run_id]
     if cells.empty:
