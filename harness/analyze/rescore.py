@@ -143,6 +143,7 @@ def rescore(url: str | Path, metric: str = "auto", *, store_as: str | None = Non
         scores = frames["scores"]
         stored = {(int(r["prediction_id"]), r["metric"]): r for r in scores.to_dict("records")}
         cell_rows = frames["cells"].set_index("cell_id")
+        new_rows: list[dict[str, Any]] = []  # written together at the end: one commit, all or none
         for cid in chosen:
             cell = cell_rows.loc[cid]
             cr = CellRescore(cid, str(cell["arm"]))
@@ -167,9 +168,9 @@ def rescore(url: str | Path, metric: str = "auto", *, store_as: str | None = Non
                 if old is None:
                     cr.new += 1
                     if not dry_run:
-                        st.add_score(prediction_id=pid, metric=name, value=res.value, correct=res.correct,
-                                     parsed=res.parsed, flags=tuple(res.flags),
-                                     detail={**res.extra, "rescored_with": metric})
+                        new_rows.append(dict(prediction_id=pid, metric=name, value=res.value, correct=res.correct,
+                                             parsed=res.parsed, flags=tuple(res.flags),
+                                             detail={**res.extra, "rescored_with": metric}))
                 elif _same(old, res):
                     cr.unchanged += 1
                 else:
@@ -186,6 +187,10 @@ def rescore(url: str | Path, metric: str = "auto", *, store_as: str | None = Non
                 cr.acc_before = sum(before) / len(before)
                 cr.acc_after = sum(after) / len(after)
             out.cells.append(cr)
+        if new_rows:
+            with st.transaction():
+                for row in new_rows:
+                    st.add_score(**row)
         if not dry_run and out.total("new"):
             now = prediction_frame(load_store(st), chosen)
             was, is_ = _counted_metrics(counted), _counted_metrics(now)
