@@ -57,15 +57,6 @@ def resolve_cell(ref: str, cell_ids: Sequence[str], where: str = "the store") ->
     raise UserError(f"ambiguous cell {ref!r}: {len(hits)} cells match: {names}{more}; give more characters")
 
 
-def cell_label(row: pd.Series | dict) -> str:
-    """A readable label: "arm: compressor → predictor [knobs]" ("no-context: → qwen" for a reference arm)."""
-    comp = row.get("compressor")
-    comp = "" if is_null(comp) or comp == "-" else f"{comp} "
-    knobs = row.get("knobs")
-    knobs = "" if is_null(knobs) or knobs in ("", "-") else f" [{knobs}]"
-    return f"{row['arm']}: {comp}→ {row['predictor']}{knobs}"
-
-
 def _short_model(name: object) -> str:
     """"gguf/smollm2-135m" → "smollm2-135m"; "-" for none."""
     return "-" if is_null(name) or name in ("", "-") else str(name).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
