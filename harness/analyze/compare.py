@@ -234,7 +234,7 @@ def compare_frames(frames: dict[str, pd.DataFrame], cell_a: str, cell_b: str, *,
     )
 
 
-def _gold(answers_json: Any, choices_json: Any) -> str:
+def _gold(answers_json: Any) -> str:
     """The gold answer as text: the aliases joined with " / " (a choice task's option text and letter)."""
     answers = json.loads(answers_json) if isinstance(answers_json, str) and answers_json else []
     return " / ".join(str(a) for a in answers) if answers else "-"
@@ -246,9 +246,9 @@ def discordant_pairs(verdict: pd.DataFrame, samples: pd.DataFrame, task: str) ->
     if verdict.empty:
         return pd.DataFrame(columns=cols)
     d = verdict[verdict["correct_a"].astype(bool) != verdict["correct_b"].astype(bool)]
-    s = samples[samples["task"] == task][["sample_id", "question", "answers_json", "choices_json"]]
+    s = samples[samples["task"] == task][["sample_id", "question", "answers_json"]]
     d = d.merge(s, on="sample_id", how="left")
-    d["gold"] = [_gold(a, c) for a, c in zip(d["answers_json"], d["choices_json"], strict=True)]
+    d["gold"] = [_gold(a) for a in d["answers_json"]]
     d["question"] = d["question"].fillna("-")
     for c in ("prediction_a", "prediction_b"):
         d[c] = d[c].fillna("") if c in d else ""
