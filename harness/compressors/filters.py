@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from harness.compressors.base import CompressInput, text_compression
-from harness.compressors.ib import BETA
+from harness.compressors.ib import BETA, IBTerms, compression_row
 from harness.errors import UserError
 from harness.records import Generation, GenParams, ModelIdentity, Sample, stable_hash
 
@@ -260,29 +260,33 @@ class FilterCompressor:
 
     def text(self, sample: Sample) -> str:
         """The filter's compression of `sample` (deterministic)."""
+        return self._text(sample)[0]
+
+    def _text(self, sample: Sample) -> tuple[str, IBTerms | None]:
+        """The filter's compression of `sample` and, for the ib-oracle, the IB terms it scored while choosing."""
         ctx = sample.context
         if self.kind == "full":
-            return ctx
+            return ctx, None
         if self.kind == "truncate":
             b = self.options["tokens"]
             if self.tokenizer is None:
-                return " ".join(ctx.split()[:b])
-            return self.tokenizer.truncate_text(ctx, b) if self._tokens(ctx) > b else ctx
+                return " ".join(ctx.split()[:b]), None
+            return (self.tokenizer.truncate_text(ctx, b) if self._tokens(ctx) > b else ctx), None
         if self.kind == "extractive":
             units = sentences(sample)
             order = rank(self._scores(sample.question, [u.text for u in units]))
             lengths = [self._tokens(u.text) for u in units] if self.options["tokens"] is not None else [0] * len(units)
             picked = select_budget(order, lengths, sentences=self.options["sentences"], tokens=self.options["tokens"])
-            return join(units, picked, self.options["order"])
+            return join(units, picked, self.options["order"]), None
         if self.kind == "ib-learned":
-            return self.learner.text(sample)  # type: ignore[union-attr]
-        _, text, detail = self.oracle_choice(sample)
+            return self.learner.text(sample), None  # type: ignore[union-attr]
+        _, text, detail, terms = self.oracle_choice(sample)
         self.details[sample.id] = detail
-        return text
+        return text, terms
 
-    def oracle_choice(self, sample: Sample) -> tuple[str, str, dict[str, Any]]:
+    def oracle_choice(self, sample: Sample) -> tuple[str, str, dict[str, Any], IBTerms]:
         """The ib-oracle's pick for `sample` (uses the gold answer): (candidate name, text, every candidate's
-        terms and the choice)."""
+        terms and the choice, the chosen candidate's terms)."""
         from harness.compressors.ib import select_ib
 
         cands = self.candidates(sample)
@@ -290,14 +294,15 @@ class FilterCompressor:
         best = select_ib(terms, self.options["beta"])
         detail = {"chosen": cands[best][0], "candidates": [
             {"name": n, **t.to_json(self.options["beta"])} for (n, _), t in zip(cands, terms, strict=True)]}
-        return cands[best][0], cands[best][1], detail
+        return cands[best][0], cands[best][1], detail, terms[best]
 
     def _one(self, inp: CompressInput) -> Generation:
         box: dict[str, Any] = {}
 
         def make() -> str:
-            text = self.text(inp.sample)
-            box["terms"] = self.terms_of(inp.sample, text)  # a failed IB scoring makes an error row, never silence
+            text, terms = self._text(inp.sample)
+            # a failed IB scoring makes an error row, never silence
+            box["terms"] = self.terms_of(inp.sample, text, terms)
             return text
 
         g = text_compression(self.spec, make, inp.context, self.count_tokens)
@@ -306,24 +311,15 @@ class FilterCompressor:
         return FilterGeneration(**vars(g), terms=box["terms"],
                                 scorer_identity=self.ib.backend.identity() if self.ib is not None else None)
 
-    def terms_of(self, sample: Sample, text: str) -> dict[str, float | None] | None:
+    def terms_of(self, sample: Sample, text: str, terms: IBTerms | None = None) -> dict[str, float | None] | None:
         """The IB terms of this filter's compression `text` of `sample` (conciseness, correctness, ib_score, beta,
-        compression rate, abstain, gold-support precision/recall), scored by the IB scorer; None without a scorer
-        or a gold answer. The ib-oracle and ib-learned reuse the terms they scored while choosing."""
+        compression rate, abstain, gold-support precision/recall), scored by the IB scorer unless `terms` (the
+        ib-oracle's, scored while choosing) are given; None without a scorer or a gold answer."""
         if self.ib is None or not sample.answers:
             return None
-        beta = float(self.options.get("beta", BETA))
-        d = self.details.get(sample.id, {})
-        chosen = next((c for c in d.get("candidates", []) if c["name"] == d.get("chosen")), None)
-        if chosen is None:
-            from harness.compressors.ib import compression_row
-
-            t = self.ib.terms(sample, [text], retrieved_tokens=self._tokens(sample.context))[0]
-            row = compression_row(sample, text, t, beta)
-        else:
-            from harness.retrieval.gold import gold_support
-
-            row = {**chosen, **gold_support(sample.meta, text)}
+        if terms is None:
+            terms = self.ib.terms(sample, [text], retrieved_tokens=self._tokens(sample.context))[0]
+        row = compression_row(sample, text, terms, float(self.options.get("beta", BETA)))
         keys = ("conciseness_bits", "correctness_bits", "ib_score", "beta", "compression_rate", "tokens",
                 "retrieved_tokens", "support_precision", "support_recall")
         out: dict[str, float | None] = {k: row.get(k) for k in keys if k in row}

@@ -153,7 +153,7 @@ class LearnedFilter:
         t0 = time.perf_counter()
         xs, ys, chosen = [], [], []
         for s in self.train:
-            name, text, _ = self.owner.oracle_choice(s)
+            name, text, _, _ = self.owner.oracle_choice(s)
             units, x = self.features(s)
             xs.append(x)
             ys.append(kept_labels([u.text for u in units], text))
