@@ -123,6 +123,40 @@ def run_generation_stage(
             progress.update(len(part))
 
 
+def judge_predictions(
+    backend: Any,
+    seed: int,
+    todo: list[tuple[int, Sample, str]],
+    on_score: Callable[[int, Any], None],
+    on_error: Callable[[int, Sample, str], None],
+    *,
+    on_usage: Callable[[int, Usage], None] | None = None,
+    chunk: int | None = None,
+    progress: Any = None,
+) -> None:
+    """Judge (prediction id, sample, prediction text) items with a judge model: greedy, 8 tokens, the fixed and
+    versioned rubric (`harness.metrics.build_judge_messages`, `JUDGE_RUBRIC_VERSION`). Per item `on_usage(pid,
+    usage)`, then `on_score(pid, MetricResult)` (raw output and verdict in it) or, for a failed call,
+    `on_error(pid, sample, "judge: ...")`: a failure is an error for that sample, never a verdict. `chunk`:
+    requests per call (default: all in one)."""
+    from harness.metrics import build_judge_messages, judge_score
+
+    params = GenParams(max_new_tokens=8, temperature=0.0, seed=seed)
+    jobs = [((pid, s, text), GenRequest.chat(build_judge_messages(s.question, s.answers, text), params))
+            for pid, s, text in todo]
+
+    def done(meta: tuple[int, Sample, str], g: Generation) -> None:
+        pid, s, text = meta
+        if on_usage is not None:
+            on_usage(pid, g.usage)
+        if g.error:
+            on_error(pid, s, f"judge: {g.error}")
+            return
+        on_score(pid, judge_score(s, text, lambda _m, t=g.text: t))
+
+    run_generation_stage(backend, jobs, done, chunk=chunk or max(len(jobs), 1), progress=progress)
+
+
 def params_from(gen_cfg: Any, seed: int, logprobs: bool = False) -> GenParams:
     return GenParams(
         max_new_tokens=gen_cfg.max_new_tokens,

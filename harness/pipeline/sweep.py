@@ -55,6 +55,7 @@ from harness.pipeline.sinks import ErrorRecord, PredictionRecord, ScoreRecord
 from harness.pipeline.stages import (
     Item,
     add_usage,
+    judge_predictions,
     params_from,
     predict_request,
     progress_bar,
@@ -536,26 +537,15 @@ class Sweep:
         The rubric is fixed and versioned (`harness.metrics.JUDGE_RUBRIC_VERSION`); the raw output and the verdict
         are stored with the score. A failed judge call is an error for that sample (no score), never a verdict.
         """
-        from harness.metrics import build_judge_messages, judge_score
-
         mj = c.cfg.models.judge
         assert mj is not None
         be = self._backend(mj, "models.judge")
-        params = GenParams(max_new_tokens=8, temperature=0.0, seed=c.cfg.seed)
-        jobs = [((pid, s, text), GenRequest.chat(build_judge_messages(s.question, s.answers, text), params))
-                for pid, s, text in todo]
         usage = self.usage.setdefault("judge", {})
-
-        def done(meta: tuple[int, Sample, str], g: Generation) -> None:
-            pid, s, text = meta
-            add_usage(usage, g.usage)
-            if g.error:
-                self._log_error(c, s, "score", f"judge: {g.error}")
-                return
-            self._store_score(pid, judge_score(s, text, lambda _msgs, t=g.text: t))
-
-        with progress_bar(len(jobs), f"judge {mj.model}", self.quiet) as bar:
-            run_generation_stage(be, jobs, done, chunk=max(mj.batch_size, 1) * 2, progress=bar)
+        with progress_bar(len(todo), f"judge {mj.model}", self.quiet) as bar:
+            judge_predictions(be, c.cfg.seed, todo, self._store_score,
+                              lambda _pid, s, msg: self._log_error(c, s, "score", msg),
+                              on_usage=lambda _pid, u: add_usage(usage, u), chunk=max(mj.batch_size, 1) * 2,
+                              progress=bar)
 
 
 def _text_generation(text: str | None) -> Generation | None:

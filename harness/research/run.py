@@ -272,19 +272,19 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
 def _judge(cfg: RunConfig, cache: Any, store: Any, run_id: str, todo: list[tuple[int, Sample, str]]) -> None:
     """Score free-text answers of samples marked `needs_judge` with the judge role; a failed call is an error."""
     from harness.backends.registry import make_backend
-    from harness.metrics import build_judge_messages, judge_score
-    from harness.records import GenParams, GenRequest
+    from harness.pipeline.stages import judge_predictions
 
     assert cfg.models.judge is not None
     be = make_backend(cfg.models.judge, field="models.judge.model", cache=cache)
-    params = GenParams(max_new_tokens=8, temperature=0.0, seed=cfg.seed)
-    gens = be.generate([GenRequest.chat(build_judge_messages(s.question, s.answers, t), params) for _, s, t in todo])
-    be.close()
-    for (pid, s, text), g in zip(todo, gens, strict=True):
-        store.add_usage(call_kind="judge", ref_id=pid, prompt_tokens=g.usage.prompt_tokens,
-                        completion_tokens=g.usage.completion_tokens, seconds=g.usage.seconds, cached=g.usage.cached,
-                        run_id=run_id, call_id=uuid.uuid4().hex)
-        if g.error:
-            store.add_error(run_id=run_id, stage="score", message=f"judge: {g.error}", sample_id=s.id)
-            continue
-        store.add_metric_result(pid, judge_score(s, text, lambda _m, t=g.text: t))
+
+    def usage(pid: int, u: Usage) -> None:
+        store.add_usage(call_kind="judge", ref_id=pid, prompt_tokens=u.prompt_tokens,
+                        completion_tokens=u.completion_tokens, seconds=u.seconds, cached=u.cached, run_id=run_id,
+                        call_id=uuid.uuid4().hex)
+
+    try:
+        judge_predictions(be, cfg.seed, todo, store.add_metric_result,
+                          lambda _pid, s, msg: store.add_error(run_id=run_id, stage="score", message=msg,
+                                                               sample_id=s.id), on_usage=usage)
+    finally:
+        be.close()
