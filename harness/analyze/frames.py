@@ -131,6 +131,13 @@ def is_null(v: Any) -> bool:
     return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
 
 
+def py_value(v: Any) -> Any:
+    """A pandas/numpy scalar as a plain Python value: None for a missing value, numpy scalars as Python numbers."""
+    if is_null(v):
+        return None
+    return v.item() if hasattr(v, "item") else v
+
+
 def prediction_frame(frames: dict[str, pd.DataFrame], cell_ids: Iterable[str] | None = None,
                      metric: str | None = None) -> pd.DataFrame:
     """One row per prediction (its counted score chosen), with status and usage.

@@ -102,18 +102,11 @@ def first_error(store: Any, run_id: str) -> str | None:
     return rows[0][0] if rows else None
 
 
-def _py(v: Any) -> Any:
-    """A cell frame value as plain Python: None for a missing value, numpy scalars as Python numbers."""
-    from harness.analyze.frames import is_null
-
-    if is_null(v):
-        return None
-    return v.item() if hasattr(v, "item") else v
-
-
 def arm_row(cfg: RunConfig, arm: str, cell: dict[str, Any]) -> dict[str, Any]:
     """One arm's row of the run table from its cell's numbers (`harness.analyze.frames.summarize_cell`)."""
-    s = {k: _py(v) for k, v in cell.items()}
+    from harness.analyze.frames import py_value
+
+    s = {k: py_value(v) for k, v in cell.items()}
     return {
         "arm": arm,
         "compressor": cfg.models.compressor.model if arm == "compressed" and cfg.models.compressor else "-",

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from harness.analyze.cells import resolve_cell, short_ids
-from harness.analyze.frames import cell_frame, is_null, model_infos, sample_status
+from harness.analyze.frames import cell_frame, is_null, model_infos, py_value, sample_status
 from harness.analyze.render import fmt, fmt_accuracy, fmt_cost_pair, fmt_mi, fmt_num
 from harness.errors import UserError
 from harness.store import Store
@@ -56,13 +56,6 @@ def _json(text: Any, default: Any) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return default
-
-
-def _py(v: Any) -> Any:
-    """A pandas/numpy scalar as a plain Python value (None for NA)."""
-    if is_null(v):
-        return None
-    return v.item() if hasattr(v, "item") else v
 
 
 def sample_label(row: dict[str, Any]) -> str:
@@ -260,7 +253,7 @@ class StoreView:
     def cell_row(self, cell_id: str) -> dict[str, Any]:
         """One cell's numbers (the report's cell table row) plus formatted strings for display."""
         cells = self.load().cells
-        r = {k: _py(v) for k, v in cells[cells["cell_id"] == cell_id].iloc[0].items()}
+        r = {k: py_value(v) for k, v in cells[cells["cell_id"] == cell_id].iloc[0].items()}
         return r | display(r)
 
     def grid(self, task: str = "", arm: str = "", knob: str = "", errors: str = "") -> dict[str, Any]:
@@ -294,7 +287,7 @@ class StoreView:
             by_run = bool(g.duplicated(["arm", "compressor", "knobs", "predictor"]).any())
             rows: dict[tuple[str, str, str, str], dict[str, dict[str, Any]]] = {}
             for _, c in g.sort_values(["arm", "compressor", "knobs", "run_id"]).iterrows():
-                r = {k: _py(v) for k, v in c.items()}
+                r = {k: py_value(v) for k, v in c.items()}
                 r |= display(r) | {"short_id": short[r["cell_id"]]}
                 key = (r["arm"], r["compressor"], r["knobs"], r["run_id"] if by_run else "")
                 rows.setdefault(key, {})[r["predictor"]] = r
@@ -335,7 +328,7 @@ class StoreView:
         samples = samples[samples["task"] == row["task"]].set_index("sample_id")
         out = []
         for r in s.to_dict("records"):
-            r = {k: _py(v) for k, v in r.items()}
+            r = {k: py_value(v) for k, v in r.items()}
             sid = str(r["sample_id"])
             sm = samples.loc[sid] if sid in samples.index else None
             item = {
@@ -377,12 +370,12 @@ class StoreView:
         sm = f["samples"][(f["samples"]["task"] == cell["task"]) & (f["samples"]["sample_id"] == sample_id)]
         if sm.empty and not (ld.preds["sample_id"] == sample_id).any():
             raise UserError(f"no sample {sample_id!r} in cell {cell_id}")
-        srow = {k: _py(v) for k, v in sm.iloc[0].items()} if len(sm) else {}
+        srow = {k: py_value(v) for k, v in sm.iloc[0].items()} if len(sm) else {}
         answers = [str(a) for a in _json(srow.get("answers_json"), [])]
         meta = _json(srow.get("meta_json"), {})
         p = f["predictions"]
         preds = p[(p["cell_id"] == cell_id) & (p["sample_id"] == sample_id)]
-        pred = {k: _py(v) for k, v in preds.iloc[0].items()} if len(preds) else None
+        pred = {k: py_value(v) for k, v in preds.iloc[0].items()} if len(preds) else None
         comp = None
         terms: list[dict[str, Any]] = []
         with self.store() as st:
@@ -413,24 +406,24 @@ class StoreView:
         if pred is not None:
             sc = f["scores"][f["scores"]["prediction_id"] == pred["prediction_id"]]
             for r in sc.to_dict("records"):
-                r = {k: _py(v) for k, v in r.items()}
+                r = {k: py_value(v) for k, v in r.items()}
                 r["flags"] = _flags(r.get("flags_json"))
                 r["detail"] = _json(r.get("detail_json"), None)
                 scores.append(r)
             u = f["usage"]
-            usage += [{k: _py(v) for k, v in r.items()} for r in
+            usage += [{k: py_value(v) for k, v in r.items()} for r in
                       u[(u["call_kind"] == "predict") & (u["ref_id"] == pred["prediction_id"])].to_dict("records")]
         if comp is not None:
             u = f["usage"]
-            usage += [{k: _py(v) for k, v in r.items()} for r in
+            usage += [{k: py_value(v) for k, v in r.items()} for r in
                       u[(u["call_kind"] == "compress") & (u["ref_id"] == comp["compression_id"])].to_dict("records")]
         e = f["errors"]
         errors = e[(e["run_id"] == cell["run_id"]) & (e["sample_id"] == sample_id)]
-        errors = [{k: _py(v) for k, v in r.items()} for r in errors.to_dict("records")]
+        errors = [{k: py_value(v) for k, v in r.items()} for r in errors.to_dict("records")]
         comp_prompt = prompt_messages(comp.get("prompt_json")) if comp else None
         srows = self._cell_samples(ld, cell_id)
         srows = srows[srows["sample_id"] == sample_id]
-        status = {k: _py(v) for k, v in srows.iloc[0].items()} if len(srows) else {"status": "error"}
+        status = {k: py_value(v) for k, v in srows.iloc[0].items()} if len(srows) else {"status": "error"}
         return {
             "cell": cell,
             "short_id": self.short_ids()[cell_id],
@@ -463,7 +456,7 @@ class StoreView:
 
         a, b = self.resolve_cell(a), self.resolve_cell(b)
         c = compare_frames(self.load().frames, a, b, where=self.display_url)  # the cached frames, no second read
-        disc = [{k: _py(v) for k, v in r.items()} for r in c.discordant.to_dict("records")]
+        disc = [{k: py_value(v) for k, v in r.items()} for r in c.discordant.to_dict("records")]
         disc.sort(key=lambda x: (not x["correct_a"], _natural(str(x["sample_id"]))))
         short = self.short_ids()
         return {
