@@ -195,7 +195,8 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
               "compress_params": params_from(cfg.generation.compressor, cfg.seed), "fit": fit, "cost": cost}
     counts = {"skipped": 0, "reused_steps": 0, "episodes": 0}
 
-    def finish(cell: Cell, s: Sample, tr: Trace, out: Any) -> None:
+    def finish(cell: Cell, s: Sample, tr: Trace, old_p: list[dict[str, Any]], out: Any) -> None:
+        """Store a finished episode; `old_p`: the sample's predictions in the cell stored before this run."""
         cell.outcomes[s.id] = out
         counts["reused_steps"] += tr.reused
         comp_id = None
@@ -213,7 +214,6 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
                                                  "subqueries": out.subqueries}, error=err, run_id=run_id,
                 usage=u if write_usage else None, flops=fl, dollars=dl)
         u, fl, dl = _agg([x for x in tr.steps if x["role"] == "predictor"])
-        old_p = store.rows("predictions", cell_id=cell.cell_id, sample_id=s.id)
         write_usage = not old_p or (all(p["error"] is not None for p in old_p) and out.error is None)
         ans = out.answer
         pid = store.add_prediction(
@@ -234,15 +234,24 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
     eps = []
     for c in cells:
         ctx = Context(arm=c.arm, compressor=c.comp_key, **ctx_kw)
+        preds: dict[str, list[dict[str, Any]]] = {}  # the cell's stored rows, read once per cell, by sample
+        for p in store.rows("predictions", cell_id=c.cell_id):
+            preds.setdefault(p["sample_id"], []).append(p)
+        steps: dict[str, list[dict[str, Any]]] = {}
+        for r in store.trace(c.cell_id):
+            steps.setdefault(r["sample_id"], []).append(r)
+        scored = {int(r[0]) for r in store.query(
+            "SELECT DISTINCT s.prediction_id FROM scores s JOIN predictions p ON p.prediction_id = s.prediction_id "
+            "WHERE p.cell_id = ?", (c.cell_id,))[1]}
         for s in samples:
-            done = [p for p in store.rows("predictions", cell_id=c.cell_id, sample_id=s.id) if p["error"] is None]
-            if done and store.count("scores", prediction_id=done[0]["prediction_id"]):
+            done = [p for p in preds.get(s.id, []) if p["error"] is None]
+            if done and int(done[0]["prediction_id"]) in scored:
                 counts["skipped"] += 1
                 continue
-            stored = {int(r["step"]): r for r in store.trace(c.cell_id, s.id)}
-            tr = Trace(c.cell_id, s.id, stored, sink)
+            tr = Trace(c.cell_id, s.id, {int(r["step"]): r for r in steps.get(s.id, [])}, sink)
+            old = preds.get(s.id, [])
             counts["episodes"] += 1
-            eps.append((episode(ctx, s, tr), lambda out, c=c, s=s, tr=tr: finish(c, s, tr, out)))
+            eps.append((episode(ctx, s, tr), lambda out, c=c, s=s, tr=tr, old=old: finish(c, s, tr, old, out)))
 
     def on_batch(role: str, n: int) -> None:
         if not quiet:

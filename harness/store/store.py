@@ -882,9 +882,11 @@ class Store:
         sid, _ = self._get_or_insert("trace_steps", key, values, replace_errored=True)
         return sid
 
-    def trace(self, cell_id: str, sample_id: str) -> list[dict[str, Any]]:
-        """The stored steps of one sample's episode in a cell, in step order, payloads parsed."""
-        rows = sorted(self.rows("trace_steps", cell_id=cell_id, sample_id=sample_id), key=lambda r: r["step"])
+    def trace(self, cell_id: str, sample_id: str | None = None) -> list[dict[str, Any]]:
+        """The stored steps of one sample's episode in a cell, in step order, payloads parsed (`sample_id` None: every
+        sample's, by sample then step, in one query)."""
+        where = {"cell_id": cell_id} if sample_id is None else {"cell_id": cell_id, "sample_id": sample_id}
+        rows = sorted(self.rows("trace_steps", **where), key=lambda r: (r["sample_id"], r["step"]))
         for r in rows:
             r["payload"] = json.loads(r.pop("payload_json") or "{}")
         return rows
