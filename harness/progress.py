@@ -131,6 +131,12 @@ class StageBar(tqdm):
         return super().update(n) if n else None
 
 
+def bar_moving() -> bool:
+    """Whether `item_done` would move a drawn bar now (the innermost open bar is enabled)."""
+    with _LOCK:
+        return bool(_OPEN) and not _OPEN[-1].disable
+
+
 def item_done(n: float = 1) -> None:
     """Called by a backend when `n` requests (or parts of requests) finished: moves the innermost open bar."""
     with _LOCK:

@@ -417,3 +417,23 @@ def test_transformers_generate_moves_the_bar_within_a_batch(smollm2: Any, monkey
         assert bar.format_dict["n"] == 3
         bar.update(3)
         assert bar.n == pytest.approx(3)
+
+
+def test_transformers_generate_skips_the_bar_criterion_when_no_bar_is_drawn(smollm2: Any,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real smollm2 batch under a bar that is off (quiet): no per-token criterion is attached, so the bar is
+    never ticked, and the generations are the same as under a drawn bar."""
+    from harness.pipeline.stages import progress_bar
+    from harness.records import GenParams, GenRequest
+
+    reqs = [GenRequest.chat([{"role": "user", "content": q}], GenParams(max_new_tokens=6, temperature=0.0, seed=0))
+            for q in ("Say yes.", "Count to three.")]
+    ticks: list[float] = []
+    with progress_bar(2, "predict", quiet=True) as bar:
+        monkeypatch.setattr(bar, "tick", lambda n=1: ticks.append(n))
+        quiet = smollm2.generate(reqs)
+    assert ticks == []
+    monkeypatch.setenv("HARNESS_PROGRESS", "1")
+    with progress_bar(2, "predict", quiet=False):
+        drawn = smollm2.generate(reqs)
+    assert [g.token_ids for g in quiet] == [g.token_ids for g in drawn]

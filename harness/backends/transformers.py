@@ -16,6 +16,7 @@ from harness.backends import identity as ident_mod
 from harness.backends import packs
 from harness.backends.base import STATS
 from harness.errors import UserError
+from harness.progress import bar_moving
 from harness.records import Generation, GenRequest, ModelIdentity, ScoreRequest, ScoreResult, Usage
 
 
@@ -259,10 +260,11 @@ class RowsDone:
     """A stopping criterion that never stops: it moves the open progress bar (`harness.progress.item_done`) while a
     batch generates, so a bar moves within a batch: each unfinished row by 1/max_new_tokens of a request per token,
     and a row that emits an end-of-sequence token by the rest of its request; `finish()` completes the rows that
-    ran to max_new_tokens."""
+    ran to max_new_tokens. The backend attaches it only while a drawn bar is open (`harness.progress.bar_moving`)."""
 
     def __init__(self, eos_ids: set[int], rows: int, max_new_tokens: int):
         self.eos = sorted(eos_ids)
+        self._eos_t: Any = None  # the eos ids as a tensor on the generating device, built on the first token
         self.share = 1.0 / max(max_new_tokens, 1)
         self.given = [0.0] * rows
         self.done: set[int] = set()
@@ -272,8 +274,9 @@ class RowsDone:
 
         from harness.progress import item_done
 
-        ended = set(torch.isin(input_ids[:, -1], torch.tensor(self.eos, device=input_ids.device)).nonzero()
-                    .flatten().tolist())
+        if self._eos_t is None:
+            self._eos_t = torch.tensor(self.eos, device=input_ids.device)
+        ended = set(torch.isin(input_ids[:, -1], self._eos_t).nonzero().flatten().tolist())
         move = 0.0
         for r, g in enumerate(self.given):
             if r in self.done:
@@ -485,13 +488,15 @@ class TransformersBackend:
                 seeds = [requests[i].params.seed for i in b]
                 procs.append(SeededSampler(seeds, p.temperature, self.device, top_k=p.top_k, top_p=p.top_p))
             t = time.time()
-            rows_done = RowsDone(self.eos_ids, len(b), p.max_new_tokens)
+            rows_done = RowsDone(self.eos_ids, len(b), p.max_new_tokens) if bar_moving() else None
             with torch.inference_mode(), _bare_generation_config(self.model):
                 res = self.model.generate(
                     input_ids=ids.to(self.device), attention_mask=att.to(self.device), generation_config=cfg,
-                    logits_processor=procs, stopping_criteria=StoppingCriteriaList([rows_done]),
+                    logits_processor=procs,
+                    stopping_criteria=StoppingCriteriaList([rows_done] if rows_done is not None else []),
                 )
-            rows_done.finish()
+            if rows_done is not None:
+                rows_done.finish()
             dt = (time.time() - t) / len(b)
             seqs = res.sequences[:, width:].tolist()
             for r, i in enumerate(b):
