@@ -9,21 +9,23 @@ estimates (the pooled row has group_id "*").
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from harness.metrics import MetricResult
 from harness.pipeline.plan import Plan, compression_variants
-from harness.pipeline.sinks import sample_json
-from harness.records import Sample
+from harness.pipeline.sinks import ErrorRecord, PredictionRecord, ScoreRecord, sample_json
+from harness.records import Sample, Usage
 
 
 def _loads(v: Any) -> Any:
     return json.loads(v) if isinstance(v, str) and v else v
 
 
-def _usage(prompt: Any, completion: Any, seconds: Any, cached: Any) -> dict[str, Any]:
-    return {"prompt_tokens": int(prompt or 0), "completion_tokens": int(completion or 0),
-            "seconds": float(seconds or 0.0), "cached": bool(cached)}
+def _usage(prompt: Any, completion: Any, seconds: Any, cached: Any) -> Usage:
+    """A stored usage row's `Usage` (a missing row: zeros)."""
+    return Usage(int(prompt or 0), int(completion or 0), float(seconds or 0.0), bool(cached))
 
 
 def _write(folder: Path, kind: str, rows: list[dict[str, Any]]) -> None:
@@ -52,7 +54,7 @@ def compression_rows(store: Any, plan: Plan, samples: list[Sample], compressor_i
                         "knob_hash": u.knob_hash, "seed": v.seed, "text": r.text, "token_ids": ids,
                         "n_tokens": r.n_tokens, "context_tokens": r.context_tokens, "truncated_prompt": r.truncated,
                         "finish_reason": r.finish_reason,
-                        "usage": _usage(u_.prompt_tokens, u_.completion_tokens, u_.seconds, u_.cached) if u_ else None,
+                        "usage": asdict(u_) if u_ else None,
                         "error": r.error, "reused": run_of.get(r.compression_id) != plan.run_id})
     return out
 
@@ -73,30 +75,22 @@ def export_run(store: Any, plan: Plan, samples: list[Sample], folder: Path, comp
         if pid in seen:
             continue
         seen.add(pid)
-        d: dict[str, Any] = {"sample_id": sid, "arm": arm, "predictor": predictor.get(arm), "text": text}
-        if finish == "score-reference":
-            d["kind"] = "score-reference"
-        d.update({"truncated_prompt": bool(trunc), "usage": _usage(*u), "error": err})
-        preds.append(d)
+        preds.append(PredictionRecord(sid, arm, predictor.get(arm), text, _usage(*u), bool(trunc), err,
+                                      "score-reference" if finish == "score-reference" else "").to_json())
     _write(folder, "predictions", preds)
     _, rows = store.query(
         "SELECT p.sample_id, p.arm, s.metric, s.value, s.correct, s.parsed, s.flags_json, s.detail_json FROM scores s "
         "JOIN predictions p ON p.prediction_id = s.prediction_id JOIN cells c ON c.cell_id = p.cell_id "
         "WHERE c.run_id = ? ORDER BY s.score_id", (run_id,))
-    _write(folder, "scores", [{"sample_id": sid, "arm": arm, "metric": m, "value": v,
-                               "correct": None if ok is None else bool(ok), "parsed": parsed,
-                               "flags": _loads(flags) or [], "detail": _loads(detail)}
+    _write(folder, "scores", [ScoreRecord(sid, arm, MetricResult(m, v, None if ok is None else bool(ok), parsed,
+                                                                 tuple(_loads(flags) or []), _loads(detail))).to_json()
                               for sid, arm, m, v, ok, parsed, flags, detail in rows])
-    errs = []
-    for e in store.rows("errors", run_id=run_id):
-        d = {"sample_id": e["sample_id"]}
-        if e["stage"] != "compress":
-            d["arm"] = e["ref_kind"]
-        d.update({"stage": e["stage"], "error": e["message"]})
-        if e["stage"] == "compress":
-            d.update({"ref_kind": e["ref_kind"], "ref_id": e["ref_id"]})
-        errs.append(d)
-    _write(folder, "errors", errs)
+    # a run's errors: a compression's name its variant (ref_kind/ref_id), the others their arm (sweep._log_error)
+    _write(folder, "errors", [ErrorRecord(e["sample_id"], e["stage"], e["message"],
+                                          arm="" if e["stage"] == "compress" else e["ref_kind"],
+                                          ref_kind=e["ref_kind"] if e["stage"] == "compress" else None,
+                                          ref_id=e["ref_id"]).to_json()
+                              for e in store.rows("errors", run_id=run_id)])
     mi = []
     for r in store.rows("mi_estimates", run_id=run_id):
         detail = _loads(r.pop("detail_json")) or {}
