@@ -75,8 +75,10 @@ def _sub_config(cfg: RunConfig, task: Any, name: str, comps: list[dict[str, Any]
     return parse_sweep_config(d, f"tune-filter ({name})")
 
 
-def _run_split(rc: RunConfig, ids: set[str], quiet: bool) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """Run the sweep `rc` on the samples with these ids; (run summary, cell id -> its compressor role mapping)."""
+def _run_split(rc: RunConfig, ids: set[str], quiet: bool
+               ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, str]]:
+    """Run the sweep `rc` on the samples with these ids; (run summary, cell id -> its compressor role mapping,
+    cell id -> the key of its ib-learned filter's artefact, read from the compressor the sweep runs)."""
     from harness.pipeline.sweep import Sweep
 
     sw = Sweep(rc, quiet=quiet)
@@ -88,12 +90,15 @@ def _run_split(rc: RunConfig, ids: set[str], quiet: bool) -> tuple[dict[str, Any
             table = getattr(sw, attr)
             for k in table:
                 table[k] = [s for s in table[k] if s.id in ids]
+        learned = {cid: sw._backend(c.cfg.models.compressor, "sweep.compressors").learner.key
+                   for cid, c in sw.plan.cells.items() if c.arm == "compressed" and c.cfg.models.compressor is not None
+                   and c.cfg.models.compressor.model == "filter/ib-learned"}
         summary = sw.run()
         cells = {cid: c.cfg.models.compressor.model_dump(mode="json") for cid, c in sw.plan.cells.items()
                  if c.arm == "compressed" and c.cfg.models.compressor is not None}
     finally:
         sw.close()
-    return summary, cells
+    return summary, cells, learned
 
 
 def _numbers(store_url: str, run_id: str, cells: dict[str, dict[str, Any]], task: str, ids: set[str]
@@ -135,19 +140,14 @@ def _num(x: Any) -> float | None:
     return None if math.isnan(v) else v
 
 
-def _learned_info(rc: RunConfig, comp: dict[str, Any]) -> dict[str, Any]:
-    """The ib-learned artefact (training time, sizes, fit agreement) of this setting, from its cache file."""
-    from harness.compressors import make_compressor
+def _learned_info(key: str | None) -> dict[str, Any]:
+    """The ib-learned artefact (training time, sizes, fit agreement) with this key, from its cache file."""
     from harness.compressors.learned import artefact_dir
 
-    fc = make_compressor(rc, ModelConfig(**comp))
-    try:
-        path = artefact_dir() / f"{fc.learner.key}.json"  # type: ignore[attr-defined]
-        if not path.is_file():
-            return {}
-        m = json.loads(path.read_text())
-    finally:
-        fc.close()
+    path = artefact_dir() / f"{key}.json"
+    if key is None or not path.is_file():
+        return {}
+    m = json.loads(path.read_text())
     return {k: m.get(k) for k in ("train_seconds", "label_seconds", "fit_seconds", "n_samples", "n_sentences",
                                   "n_kept", "oracle_abstained", "train_sentence_agreement")}
 
@@ -187,7 +187,7 @@ def tune_filter(cfg: RunConfig, *, dev_fraction: float = 0.5, split_seed: int = 
             comps.append(s)
         base = f"{cfg.name}-{task.name}"
         dcfg = _sub_config(cfg, task, f"{base}-dev", comps)
-        dsum, dcells = _run_split(dcfg, set(dev), quiet)
+        dsum, dcells, dlearned = _run_split(dcfg, set(dev), quiet)
         dnum = _numbers(cfg.output.store, dsum["run_id"], dcells, task.name, set(dev))
         rows = []
         for cid, comp in dcells.items():
@@ -212,7 +212,7 @@ def tune_filter(cfg: RunConfig, *, dev_fraction: float = 0.5, split_seed: int = 
         tcomps = [r["compressor"] for r in chosen.values()]
         tsum, tcells, tnum = {"run_id": None}, {}, {}
         if tcomps and test:
-            tsum, tcells = _run_split(_sub_config(cfg, task, f"{base}-test", tcomps), set(test), quiet)
+            tsum, tcells, _ = _run_split(_sub_config(cfg, task, f"{base}-test", tcomps), set(test), quiet)
             tnum = _numbers(cfg.output.store, tsum["run_id"], tcells, task.name, set(test))
         test_rows = {}
         for cid, comp in tcells.items():
@@ -226,7 +226,7 @@ def tune_filter(cfg: RunConfig, *, dev_fraction: float = 0.5, split_seed: int = 
             learned = {"test_agreement": sum(lt[i] == ot[i] for i in both) / len(both) if both else None,
                        "test_abstain_agreement": (sum((lt[i] == "") == (ot[i] == "") for i in both) / len(both)
                                                   if both else None), "n_test": len(both),
-                       **_learned_info(dcfg, chosen["ib-learned"]["compressor"])}
+                       **_learned_info(dlearned.get(chosen["ib-learned"]["cell_id"]))}
         plot = pareto_plot(folder / f"pareto-{task.name}",
                            [r.get("rate") or 0.0 for r in cand], [r.get("accuracy") or 0.0 for r in cand],
                            [r["setting"] for r in cand], f"{task.name}: dev ({len(dev)} samples)",
