@@ -177,6 +177,60 @@ def mi_note(frames: dict[str, pd.DataFrame], cells: pd.DataFrame) -> str:
             "under, so the conditional estimator I(X;Z|Q) is not computed for research cells.")
 
 
+def label_boxes(anchors: Any, sizes: Any, offset: tuple[float, float] = (4.0, 4.0), gap: float = 2.0,
+                bounds: tuple[float, float, float, float] | None = None) -> np.ndarray:
+    """Lower-left corners of label boxes (display units) placed next to their points so that no two boxes overlap
+    (pure, deterministic). `anchors`: (n, 2) points; `sizes`: (n, 2) box widths and heights. Labels are placed in
+    order of their points (x, then y, then index), each at `offset` right of and above its point or, where that box
+    meets one already placed, stacked one box height (+ `gap`) above or below, alternating (0, +1, -1, +2, …); then
+    the same left of the point. Boxes within `bounds` (x0, y0, x1, y1) come first. A label with no free slot goes
+    above every placed box."""
+    a = np.asarray(anchors, dtype=float).reshape(-1, 2)
+    s = np.asarray(sizes, dtype=float).reshape(-1, 2)
+    out = np.zeros_like(a)
+    placed: list[np.ndarray] = []  # [x0, y0, x1, y1]
+
+    def free(b: np.ndarray) -> bool:
+        return all(b[0] >= p[2] or b[2] <= p[0] or b[1] >= p[3] or b[3] <= p[1] for p in placed)
+
+    steps = [0] + [k * sign for k in range(1, 2 * len(a) + 2) for sign in (1, -1)]
+    for i in sorted(range(len(a)), key=lambda i: (a[i, 0], a[i, 1], i)):
+        w, h = s[i]
+        y0 = a[i, 1] + offset[1]
+        boxes = [np.array([x0, y0 + k * (h + gap), x0 + w, y0 + k * (h + gap) + h])
+                 for x0 in (a[i, 0] + offset[0], a[i, 0] - offset[0] - w) for k in steps]
+        inside = [b for b in boxes if bounds is None or (b[0] >= bounds[0] and b[1] >= bounds[1]
+                                                         and b[2] <= bounds[2] and b[3] <= bounds[3])]
+        box = next((b for b in inside + boxes if free(b)), None)
+        if box is None:
+            top = max(p[3] for p in placed)
+            box = np.array([boxes[0][0], top + gap, boxes[0][2], top + gap + h])
+        placed.append(box)
+        out[i] = box[:2]
+    return out
+
+
+def _place_labels(fig: Any, ax: Any, xs: Sequence[float], ys: Sequence[float], labels: Sequence[str]) -> None:
+    """Label each point without overlaps (`label_boxes` in display space, measured with the figure's renderer); a
+    label moved off its point gets a thin leader line to it."""
+    r = fig.canvas.get_renderer()
+    pts = ax.transData.transform(np.column_stack([xs, ys]))
+    texts = [ax.annotate(lab, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, ha="left",
+                         va="bottom") for x, y, lab in zip(xs, ys, labels, strict=True)]
+    sizes = [(b.width, b.height) for b in (t.get_window_extent(r) for t in texts)]
+    k = 72.0 / fig.dpi  # display pixels → points
+    box = ax.get_window_extent(r)
+    ll = label_boxes(pts, sizes, offset=(4 / k, 4 / k), bounds=(box.x0, box.y0, box.x1, box.y1))
+    for t, p, q, sz in zip(texts, pts, ll, sizes, strict=True):
+        dx, dy = (q - p) * k
+        h = sz[1]
+        t.xyann = (dx, dy)
+        if abs(dy - 4) > h * k / 2:
+            ax.annotate("", (t.xy[0], t.xy[1]), xytext=(dx if dx > 0 else dx + sz[0] * k, dy + h * k / 2),
+                        textcoords="offset points",
+                        arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5"})
+
+
 def frontier_plot(cells: pd.DataFrame, path: Path) -> list[Path]:
     """Accuracy (95% CI) against predictor cost per sample (left: dollars, or GFLOPs without prices) and total
     GFLOPs per sample (right), one point per cell, compressor-predictor points labelled by compressor size, the
@@ -203,8 +257,6 @@ def frontier_plot(cells: pd.DataFrame, path: Path) -> list[Path]:
             ax.errorbar(r[col], y, yerr=err, fmt="o" if cp else "s", capsize=3,
                         color="C0" if cp else {"predictor-only": "C3", "no-retrieval": "C7",
                                                "oracle-evidence": "C2"}.get(r["arm"], "C1"))
-            lab = (f"{r['compressor'].split('/')[-1]}" if cp else r["arm"])
-            ax.annotate(lab, (r[col], y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         f = pareto_front(d[col].tolist(), d["accuracy"].astype(float).tolist())
         ax.plot(d[col].iloc[f], d["accuracy"].iloc[f].astype(float), "--", color="k", lw=0.8, label="frontier")
         ax.set_xlabel(xl)
@@ -213,6 +265,10 @@ def frontier_plot(cells: pd.DataFrame, path: Path) -> list[Path]:
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle("Deep-Research: cost–accuracy frontier across compressor sizes", fontsize=10)
     fig.tight_layout()
+    labels = [r["compressor"].split("/")[-1] if r["arm"] == "compressor-predictor" else r["arm"]
+              for _, r in d.iterrows()]
+    for ax, col in ((axes[0], "x_pred"), (axes[1], "x_tot")):
+        _place_labels(fig, ax, d[col].astype(float).tolist(), d["accuracy"].astype(float).tolist(), labels)
     path.parent.mkdir(parents=True, exist_ok=True)
     return save_figure(fig, path)
 
