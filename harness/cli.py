@@ -161,7 +161,7 @@ def cmd_tune_filter(args: argparse.Namespace) -> int:
 
     cfg = load_sweep_config(args.config, _parse_set(args.set))
     res = tune_filter(cfg, dev_fraction=args.dev_fraction, split_seed=args.split_seed, objective=args.objective,
-                      max_rate=args.max_rate, quiet=args.quiet or args.json)
+                      max_rate=args.max_rate, quiet=args.quiet or args.json, metric=args.metric)
     print(json.dumps(res, indent=1, default=str) if args.json else format_summary(res))
     return 0
 
@@ -369,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("--objective", choices=["accuracy", "ib"], default="accuracy",
                     help="accuracy: best dev accuracy (under --max-rate); ib: lowest mean IB score")
     tf.add_argument("--max-rate", type=float, default=None, help="compression rate limit for --objective accuracy")
+    tf.add_argument("--metric", default="auto", metavar="NAME",
+                    help="score every setting by this `harness rescore` metric (auto: as the run scored; contains: "
+                         "lenient, for short answers such as 'In 1987.' for '1987')")
     tf.add_argument("--dev-fraction", type=float, default=0.5, help="share of question groups in dev (default 0.5)")
     tf.add_argument("--split-seed", type=int, default=0, help="seed of the dev/test split")
     tf.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -101,15 +101,27 @@ def _run_split(rc: RunConfig, ids: set[str], quiet: bool
     return summary, cells, learned
 
 
-def _numbers(store_url: str, run_id: str, cells: dict[str, dict[str, Any]], task: str, ids: set[str]
-             ) -> dict[str, dict[str, Any]]:
-    """Per cell: accuracy with its CI, n, compression rate and the mean IB terms of its compressions on `ids`."""
+def rescore_cells(store_url: str, cells: list[str], metric: str) -> None:
+    """Score the cells' stored predictions with `metric` (a `harness.analyze.rescore.METRICS` name), stored under
+    that name, so `cell_frame(..., metric=metric)` counts them; no model call, nothing for `auto` (the run's own
+    scores), and a rerun adds no rows (a stored row is never rewritten)."""
+    from harness.analyze.rescore import rescore
+
+    if metric != "auto" and cells:
+        rescore(store_url, metric, store_as=metric, cells=cells)
+
+
+def _numbers(store_url: str, run_id: str, cells: dict[str, dict[str, Any]], task: str, ids: set[str],
+             metric: str = "auto") -> dict[str, dict[str, Any]]:
+    """Per cell: accuracy (by `metric`, after `rescore_cells`) with its CI, n, compression rate and the mean IB
+    terms of its compressions on `ids`."""
     from harness.analyze.frames import cell_frame
     from harness.analyze.tune import TERM_COLUMNS
     from harness.results import load
 
+    rescore_cells(store_url, list(cells), metric)
     frames = load(store_url)
-    cf = cell_frame(frames, run_id)[0].set_index("cell_id")
+    cf = cell_frame(frames, run_id, metric=None if metric == "auto" else metric)[0].set_index("cell_id")
     comps = frames["compressions"]
     terms = frames["compression_terms"]
     wide = terms.pivot_table(index="compression_id", columns="name", values="value", aggfunc="first") \
@@ -153,10 +165,16 @@ def _learned_info(key: str | None) -> dict[str, Any]:
 
 
 def tune_filter(cfg: RunConfig, *, dev_fraction: float = 0.5, split_seed: int = 0, objective: str = "accuracy",
-                max_rate: float | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Tune the config's filters per task (see the module docstring); returns the JSON summary."""
+                max_rate: float | None = None, quiet: bool = False, metric: str = "auto") -> dict[str, Any]:
+    """Tune the config's filters per task (see the module docstring); returns the JSON summary. `metric`: a
+    `harness.analyze.rescore.METRICS` name every accuracy is read by (`auto`: as the run scored; `contains` for
+    short answers, where "In 1987." for gold "1987" is right)."""
+    from harness.analyze.rescore import METRICS
     from harness.analyze.tune import choose, pareto_front, pareto_plot, split_dev_test
     from harness.preflight import load_samples
+
+    if metric not in METRICS:
+        raise UserError(f"--metric {metric}: unknown; choose one of {', '.join(METRICS)}")
 
     if cfg.sweep is None:
         raise UserError("tune-filter needs a sweep config: list the filter settings under sweep.compressors")
@@ -168,7 +186,7 @@ def tune_filter(cfg: RunConfig, *, dev_fraction: float = 0.5, split_seed: int = 
         raise UserError(f"sweep.compressors: tune-filter tunes filter/<kind> compressors; '{bad[0]}' is not one")
     folder = cfg.output_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"name": cfg.name, "objective": objective, "max_rate": max_rate,
+    result: dict[str, Any] = {"name": cfg.name, "objective": objective, "max_rate": max_rate, "metric": metric,
                               "dev_fraction": dev_fraction, "split_seed": split_seed, "tasks": {}}
     for task in cfg.sweep.tasks or [cfg.task]:
         samples = load_samples(task)
@@ -188,7 +206,7 @@ def tune_filter(cfg: RunConfig, *, dev_fraction: float = 0.5, split_seed: int = 
         base = f"{cfg.name}-{task.name}"
         dcfg = _sub_config(cfg, task, f"{base}-dev", comps)
         dsum, dcells, dlearned = _run_split(dcfg, set(dev), quiet)
-        dnum = _numbers(cfg.output.store, dsum["run_id"], dcells, task.name, set(dev))
+        dnum = _numbers(cfg.output.store, dsum["run_id"], dcells, task.name, set(dev), metric)
         rows = []
         for cid, comp in dcells.items():
             n = dnum.get(cid, {})
@@ -213,7 +231,7 @@ def tune_filter(cfg: RunConfig, *, dev_fraction: float = 0.5, split_seed: int = 
         tsum, tcells, tnum = {"run_id": None}, {}, {}
         if tcomps and test:
             tsum, tcells, _ = _run_split(_sub_config(cfg, task, f"{base}-test", tcomps), set(test), quiet)
-            tnum = _numbers(cfg.output.store, tsum["run_id"], tcells, task.name, set(test))
+            tnum = _numbers(cfg.output.store, tsum["run_id"], tcells, task.name, set(test), metric)
         test_rows = {}
         for cid, comp in tcells.items():
             n = tnum.get(cid, {})
@@ -229,7 +247,7 @@ def tune_filter(cfg: RunConfig, *, dev_fraction: float = 0.5, split_seed: int = 
                        **_learned_info(dlearned.get(chosen["ib-learned"]["cell_id"]))}
         plot = pareto_plot(folder / f"pareto-{task.name}",
                            [r.get("rate") or 0.0 for r in cand], [r.get("accuracy") or 0.0 for r in cand],
-                           [r["setting"] for r in cand], f"{task.name}: dev ({len(dev)} samples)",
+                           [r["setting"] for r in cand], f"{task.name}: dev ({len(dev)} samples, metric {metric})",
                            reference=[(r["rate"], r["accuracy"]) for r in rows if r["kind"] == "ib-oracle"
                                       and r.get("rate") is not None and r.get("accuracy") is not None])
         result["tasks"][task.name] = {
@@ -251,8 +269,9 @@ def format_summary(res: dict[str, Any]) -> str:
 
     L = []
     for task, t in res["tasks"].items():
-        L.append(f"## {task}: dev {len(t['dev_ids'])} samples, test {len(t['test_ids'])} (objective "
-                 f"{res['objective']}{', rate <= ' + str(res['max_rate']) if res['max_rate'] is not None else ''})")
+        lim = f", rate <= {res['max_rate']}" if res["max_rate"] is not None else ""
+        L.append(f"## {task}: dev {len(t['dev_ids'])} samples, test {len(t['test_ids'])} (metric "
+                 f"{res.get('metric', 'auto')}, objective {res['objective']}{lim})")
         L.append("")
         L.append(md_table(["setting (dev)", "accuracy [95% CI]", "rate", "ib_score", "support P/R", "front",
                            "chosen"],

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from harness.analyze.tune import choose, pareto_front, split_dev_test
+from harness.config import RunConfig
+from harness.errors import UserError
 from harness.tune import expand_settings, setting_label
 from tests.conftest import need_pack
 
@@ -61,16 +65,10 @@ def test_expand_settings_grid() -> None:
                                              "ib-oracle {beta: 10, budgets: [1, 2]}"]
 
 
-def test_tune_filter_tiny_real_run(tmp_path) -> None:
-    """Real smollm2 predictor and float32 scorer on 4 synthetic-multidoc groups: dev and test runs hold only their
-    own samples, the choice is the best dev accuracy among dev rows (no test sample is read before it), the chosen
-    settings run once on test, and the Pareto plot is written as PNG and SVG."""
-    need_pack("smollm2-135m")
+def _tiny_config(tmp_path: Path) -> RunConfig:
     from harness.config import parse_sweep_config
-    from harness.store import Store
-    from harness.tune import tune_filter
 
-    cfg = parse_sweep_config({
+    return parse_sweep_config({
         "name": "tt", "task": {"name": "synthetic-multidoc", "size": 4, "seed": 0,
                                "options": {"n_distractors": 2, "context_tokens": 0}},
         "models": {"compressor": {"model": "filter/full", "tokenizer": "gguf/smollm2-135m"},
@@ -84,7 +82,27 @@ def test_tune_filter_tiny_real_run(tmp_path) -> None:
                   "predictors": ["gguf/smollm2-135m"]},
         "output": {"dir": str(tmp_path / "out"), "store": str(tmp_path / "s.db"),
                    "cache": str(tmp_path / "c.sqlite")}})
-    res = tune_filter(cfg, dev_fraction=0.5, split_seed=0, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_tune(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RunConfig, dict[str, Any]]:
+    """One tiny real tuning run (smollm2, float32 scorer), shared by the tests that read it."""
+    need_pack("smollm2-135m")
+    from harness.tune import tune_filter
+
+    tmp_path = tmp_path_factory.mktemp("tune")
+    cfg = _tiny_config(tmp_path)
+    return tmp_path, cfg, tune_filter(cfg, dev_fraction=0.5, split_seed=0, quiet=True)
+
+
+def test_tune_filter_tiny_real_run(tiny_tune: tuple[Path, RunConfig, dict[str, Any]]) -> None:
+    """Real smollm2 predictor and float32 scorer on 4 synthetic-multidoc groups: dev and test runs hold only their
+    own samples, the choice is the best dev accuracy among dev rows (no test sample is read before it), the chosen
+    settings run once on test, and the Pareto plot is written as PNG and SVG."""
+    from harness.store import Store
+
+    tmp_path, _, res = tiny_tune
+    assert res["metric"] == "auto"
     t = res["tasks"]["synthetic-multidoc"]
     dev, test = set(t["dev_ids"]), set(t["test_ids"])
     assert dev and test and dev.isdisjoint(test)
@@ -101,3 +119,36 @@ def test_tune_filter_tiny_real_run(tmp_path) -> None:
     assert set(t["test"]) == set(t["chosen"].values()) and all(r["n"] == len(test) for r in t["test"].values())
     assert {p.rsplit(".", 1)[1] for p in t["plots"]} >= {"png", "svg"}
     assert any(r["pareto"] for r in t["dev"])
+
+
+def test_tune_filter_metric_contains(tiny_tune: tuple[Path, RunConfig, dict[str, Any]]) -> None:
+    """`metric="contains"` on the stored tiny run (resumed: no new compression or prediction): every dev and test
+    row's accuracy is the share of its cell's stored error-free predictions that `rescore.contains` marks right,
+    the summary names the metric, a rerun adds no score rows, and an unknown metric is one UserError naming
+    --metric and the choices."""
+    from harness.analyze.rescore import contains, sample_from_row
+    from harness.store import Store
+    from harness.tune import format_summary, tune_filter
+
+    tmp_path, cfg, _ = tiny_tune
+    with pytest.raises(UserError, match=r"--metric bogus: .*contains"):
+        tune_filter(cfg, metric="bogus", quiet=True)
+    res = tune_filter(cfg, dev_fraction=0.5, split_seed=0, quiet=True, metric="contains")
+    assert res["metric"] == "contains" and "metric contains" in format_summary(res)
+    t = res["tasks"]["synthetic-multidoc"]
+    st = Store.open(str(tmp_path / "s.db"))
+    n_scores = len(st.rows("scores"))
+    samples = {r["sample_id"]: sample_from_row(r) for r in st.rows("samples") if r["task"] == "synthetic-multidoc"}
+    preds = st.rows("predictions")
+    st.close()
+    rows = [*t["dev"], *t["test"].values()]
+    assert rows
+    for r in rows:
+        mine = [p for p in preds if p["cell_id"] == r["cell_id"] and p["error"] is None]
+        assert mine
+        share = sum(bool(contains(samples[p["sample_id"]], p["text"] or "").correct) for p in mine) / len(mine)
+        assert r["accuracy"] == pytest.approx(share)
+    tune_filter(cfg, dev_fraction=0.5, split_seed=0, quiet=True, metric="contains")
+    st = Store.open(str(tmp_path / "s.db"))
+    assert len(st.rows("scores")) == n_scores  # idempotent: the contains rows are stored once
+    st.close()
