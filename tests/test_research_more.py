@@ -6,12 +6,19 @@ Model tests use real small models (smollm2-135m in float32); fakes are named in 
 
 from __future__ import annotations
 
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from harness.analyze.research import frontier_plot, label_boxes
+from harness.config import parse_config
+from tests.conftest import need_pack
 
 # ---------------------------------------------------------------- frontier plot labels (pure)
 
@@ -69,3 +76,115 @@ def test_frontier_plot_labels_of_coincident_cells_do_not_overlap(tmp_path: Path)
         ll = np.array([[b.x0, b.y0] for b in boxes])
         sz = np.array([[b.width, b.height] for b in boxes])
         assert _overlaps(ll, sz) == []
+
+
+# ---------------------------------------------------------------- the judge role in a research run (real smollm2)
+
+
+def _fb_file(tmp: Path) -> str:
+    """Two FinanceBench rows with free-text answers (the judge's samples), in the upstream jsonl format."""
+    page = "Acme sells freight services in Ohio. Its main risk is fuel prices. Revenue rose on new contracts."
+    rows = []
+    for rid, q, a, ev in (("fb1", "What is Acme's main risk?", "Fuel prices", "Its main risk is fuel prices."),
+                          ("fb2", "Why did Acme's revenue rise?", "New contracts", "Revenue rose on new contracts.")):
+        rows.append({"financebench_id": rid, "company": "Acme", "doc_name": "ACME_2022_10K", "question": q,
+                     "answer": a, "evidence": [{"evidence_text": ev, "doc_name": "ACME_2022_10K",
+                                                "evidence_page_num": 3, "evidence_text_full_page": page}]})
+    p = tmp / "financebench_open_source.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(p)
+
+
+def _judge_cfg(tmp: Path, judge: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": "research-judge",
+        "task": {"name": "financebench", "size": 2, "seed": 0, "options": {"path": _fb_file(tmp), "subset": "text"}},
+        "models": {"predictor": {"model": "gguf/smollm2-135m", "dtype": "float32", "batch_size": 4},
+                   "judge": judge},
+        "research": {"arms": ["no-retrieval", "oracle-evidence"]},
+        "generation": {"predictor": {"max_new_tokens": 8}},
+        "overflow": "truncate",
+        "prices": {"gguf/smollm2-135m": {"input_per_million": 1.0, "output_per_million": 4.0}},
+        "output": {"dir": str(tmp / "out"), "cache": str(tmp / "cache.sqlite"), "store": str(tmp / "store.db")},
+    }
+
+
+def test_judge_scores_research_answers_and_its_cost_is_its_roles(tmp_path: Path):
+    """A research run on free-text FinanceBench answers with `models.judge` (real smollm2, float32): every answer
+    gets a `judge` score (the counted metric), one judge usage row per prediction under the judge's model, and the
+    research rows count the judge's tokens, FLOPs and dollars as their own role (not the predictor's)."""
+    need_pack("smollm2-135m")
+    from harness.analyze.frames import prediction_frame
+    from harness.analyze.research import research_frames
+    from harness.research.run import run_research
+    from harness.results import load
+
+    judge = {"model": "gguf/smollm2-135m", "dtype": "float32", "batch_size": 4}
+    summary = run_research(parse_config(_judge_cfg(tmp_path, judge)), quiet=True)
+    assert "judge tok in/out" in summary["table"]
+    fr = load(str(tmp_path / "store.db"))
+    preds = fr["predictions"]
+    assert len(preds) == 4 and preds["error"].isna().all()
+    sc = fr["scores"]
+    assert sorted(sc["prediction_id"]) == sorted(preds["prediction_id"]) and set(sc["metric"]) == {"judge"}
+    pf = prediction_frame(fr)
+    assert set(pf["metric"]) == {"judge"} and (pf["status"] == "ok").all()
+    u = fr["usage"]
+    ju = u[u["call_kind"] == "judge"]
+    assert sorted(ju["ref_id"]) == sorted(preds["prediction_id"]) and (ju["prompt_tokens"] > 0).all()
+    models = fr["models"].set_index("model_id")
+    assert ju["model_id"].notna().all() and set(models.loc[ju["model_id"].astype(int), "name"]) == {"smollm2-135m"}
+    assert (ju["flops"] > 0).all() and (ju["dollars"] > 0).all()
+    cells, _ = research_frames(fr)
+    for r in cells.itertuples():
+        mine = ju[ju["ref_id"].isin(preds[preds["cell_id"] == r.cell_id]["prediction_id"])]
+        assert r.judge_prompt_tokens == int(mine["prompt_tokens"].sum())
+        assert r.judge_flops == pytest.approx(float(mine["flops"].sum()))
+        assert r.judge_dollars == pytest.approx(float(mine["dollars"].sum()))
+        pu = u[(u["call_kind"] == "predict") & u["ref_id"].isin(preds[preds["cell_id"] == r.cell_id]["prediction_id"])]
+        assert r.predictor_prompt_tokens == int(pu["prompt_tokens"].sum())  # the judge is not the predictor's cost
+
+
+class _Fail500(BaseHTTPRequestHandler):
+    """A fake OpenAI-compatible server that answers every request with HTTP 500 (fault injection)."""
+
+    def log_message(self, *a: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+        self.send_response(500)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"error": {"message": "injected judge failure"}}')
+
+
+def test_a_failed_judge_call_is_an_error_not_a_wrong_answer(tmp_path: Path):
+    """The judge is an `openai/` spec pointing at a local fake server that returns 500 to every call (fault
+    injection; the predictor is real smollm2): each answer is stored, gets no score, and an error row of stage
+    score names the judge; the cell counts it as an error (status error, stage score), never as wrong."""
+    need_pack("smollm2-135m")
+    from harness.analyze.frames import cell_frame, prediction_frame
+    from harness.research.run import run_research
+    from harness.results import load
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Fail500)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        judge = {"model": "openai/judge", "base_url": f"http://127.0.0.1:{srv.server_address[1]}/v1",
+                 "max_retries": 0}
+        run_research(parse_config(_judge_cfg(tmp_path, judge)), quiet=True)
+    finally:
+        srv.shutdown()
+    fr = load(str(tmp_path / "store.db"))
+    preds = fr["predictions"]
+    assert len(preds) == 4 and preds["error"].isna().all() and (preds["text"].str.len() > 0).all()
+    assert fr["scores"].empty
+    err = fr["errors"]
+    assert len(err) == 4 and set(err["stage"]) == {"score"} and err["message"].str.startswith("judge: ").all()
+    assert err["message"].str.contains("500|InternalServerError").all()
+    assert set(err["ref_id"]) == set(preds["cell_id"])  # tied to the cell the answer belongs to
+    pf = prediction_frame(fr)
+    assert (pf["status"] == "error").all() and set(pf["error_stage"]) == {"score"}
+    cells = cell_frame(fr)[0]
+    assert (cells["errors"] == 2).all() and cells["accuracy"].isna().all()

@@ -47,7 +47,8 @@ def pareto_front(cost: Sequence[float], acc: Sequence[float]) -> list[int]:
 def research_frames(frames: dict[str, pd.DataFrame], cell_ids: Sequence[str] | None = None,
                     cells: pd.DataFrame | None = None, preds: pd.DataFrame | None = None
                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(one row per research cell with accuracy, errors, rounds, early stops and cost per role; its predictions).
+    """(one row per research cell with accuracy, errors, rounds, early stops and cost per role: predictor, compressor
+    and, where answers were judged, judge (the evaluation's cost, kept out of the system's total); its predictions).
     `cells`, `preds`: a `cell_frame` already built (the report's), else one is built over the research cells only."""
     if cells is None or preds is None:
         from harness.analyze.frames import cell_frame
@@ -59,6 +60,8 @@ def research_frames(frames: dict[str, pd.DataFrame], cell_ids: Sequence[str] | N
         cells = cells[cells["cell_id"].isin(list(cell_ids))]
     preds = preds[preds["cell_id"].isin(cells["cell_id"])]
     steps = frames.get("trace_steps", pd.DataFrame())
+    usage = frames.get("usage", pd.DataFrame())
+    judged = usage[usage["call_kind"] == "judge"] if len(usage) else usage
     rows = []
     for c in cells.itertuples(index=False):
         p = preds[preds["cell_id"] == c.cell_id]
@@ -69,6 +72,9 @@ def research_frames(frames: dict[str, pd.DataFrame], cell_ids: Sequence[str] | N
             d = d[d[f"{pre}prompt_tokens"].notna()]
             for k in ("prompt_tokens", "completion_tokens", "seconds", "flops", "dollars"):
                 row[f"{role}_{k}"] = sum_or_none(d[f"{pre}{k}"]) if len(d) else None
+        j = judged[judged["ref_id"].isin(p["prediction_id"])] if len(judged) else judged
+        for k in ("prompt_tokens", "completion_tokens", "seconds", "flops", "dollars"):
+            row[f"judge_{k}"] = sum_or_none(j[k]) if len(j) else None  # evaluation cost: not in the system's total
         rounds, early, plan_fail = [], 0, 0
         if len(st):
             for _sid, g in st.groupby("sample_id"):
@@ -127,11 +133,15 @@ def headlines(cells: pd.DataFrame, preds: pd.DataFrame, n_boot: int = 2000, seed
 
 
 def research_table(cells: pd.DataFrame) -> str:
-    """The arms × compressors table in markdown."""
+    """The arms × compressors table in markdown; judge columns (tokens, dollars: the evaluation's cost, not in the
+    totals) where answers were judged."""
     from harness.analyze.render import md_table
 
     head = ["arm", "compressor", "n", "accuracy [95% CI]", "errors", "rounds", "early stops", "plan failures",
             "pred tok in/out", "pred $", "pred GFLOPs", "comp tok in/out", "comp GFLOPs", "total GFLOPs", "seconds"]
+    judged = "judge_prompt_tokens" in cells and cells["judge_prompt_tokens"].notna().any()
+    if judged:
+        head += ["judge tok in/out", "judge $"]
     rows = []
     order = {"no-retrieval": 0, "predictor-only": 1, "compressor-predictor": 2, "oracle-evidence": 3}
     cells = cells.assign(_o=cells["arm"].map(order).fillna(9), _p=cells["compressor_params"].fillna(0))
@@ -151,7 +161,8 @@ def research_table(cells: pd.DataFrame) -> str:
                      tok("predictor"), fmt(r["predictor_dollars"], ".5f"),
                      fmt(None if pf is None else pf / 1e9, ".1f"), tok("compressor"),
                      fmt(None if cf is None else cf / 1e9, ".1f"),
-                     fmt(sum(tot) / 1e9 if tot else None, ".1f"), fmt(sum(secs) if secs else None, ".1f")])
+                     fmt(sum(tot) / 1e9 if tot else None, ".1f"), fmt(sum(secs) if secs else None, ".1f")]
+                    + ([tok("judge"), fmt(r["judge_dollars"], ".5f")] if judged else []))
     return md_table(head, rows)
 
 

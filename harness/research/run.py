@@ -229,8 +229,10 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
             store.add_metric_result(pid, score_prediction(s, ans.text))
         elif ans is not None:
             judge_todo.append((pid, s, ans.text))
+            judge_cell[pid] = cell
 
     judge_todo: list[tuple[int, Sample, str]] = []
+    judge_cell: dict[int, Cell] = {}  # prediction id -> its cell (a judge error is tied to it)
     eps = []
     for c in cells:
         ctx = Context(arm=c.arm, compressor=c.comp_key, **ctx_kw)
@@ -259,7 +261,7 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
 
     sent = drive(eps, backends, chunk=max(cfg.models.predictor.batch_size, 1) * 2, on_batch=on_batch)
     if judge_todo:
-        _judge(cfg, cache, store, run_id, judge_todo)
+        _judge(cfg, cache, store, run_id, judge_todo, judge_cell)
     trace_file.close()
     from harness.analyze.research import research_summary
 
@@ -278,22 +280,31 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
     return summary
 
 
-def _judge(cfg: RunConfig, cache: Any, store: Any, run_id: str, todo: list[tuple[int, Sample, str]]) -> None:
-    """Score free-text answers of samples marked `needs_judge` with the judge role; a failed call is an error."""
+def _judge(cfg: RunConfig, cache: Any, store: Any, run_id: str, todo: list[tuple[int, Sample, str]],
+           cells: dict[int, Cell]) -> None:
+    """Score free-text answers of samples marked `needs_judge` with the judge role. Each call's usage is stored
+    under the judge's model (call kind judge, with its FLOPs and its dollars from `prices:`); a failed call is an
+    error of stage score tied to the answer's cell (`cells`: prediction id -> cell), never a verdict."""
     from harness.backends.registry import make_backend
+    from harness.cost import call_cost, model_meta
     from harness.pipeline.stages import judge_predictions
 
-    assert cfg.models.judge is not None
-    be = make_backend(cfg.models.judge, field="models.judge.model", cache=cache)
+    mj = cfg.models.judge
+    assert mj is not None
+    be = make_backend(mj, field="models.judge.model", cache=cache)
+    model_id = store.model_id(be.identity(), model_meta(mj, be))
 
     def usage(pid: int, u: Usage) -> None:
-        store.add_usage(call_kind="judge", ref_id=pid, prompt_tokens=u.prompt_tokens,
-                        completion_tokens=u.completion_tokens, seconds=u.seconds, cached=u.cached, run_id=run_id,
-                        call_id=uuid.uuid4().hex)
+        c = call_cost(cfg, mj, be, u)
+        store.add_usage(call_kind="judge", ref_id=pid, model_id=model_id, prompt_tokens=u.prompt_tokens,
+                        completion_tokens=u.completion_tokens, seconds=u.seconds, cached=u.cached,
+                        flops=c.get("flops"), dollars=c.get("dollars"), run_id=run_id, call_id=uuid.uuid4().hex)
+
+    def error(pid: int, s: Sample, msg: str) -> None:
+        c = cells[pid]
+        store.add_error(run_id=run_id, stage="score", message=msg, ref_kind=c.arm, ref_id=c.cell_id, sample_id=s.id)
 
     try:
-        judge_predictions(be, cfg.seed, todo, store.add_metric_result,
-                          lambda _pid, s, msg: store.add_error(run_id=run_id, stage="score", message=msg,
-                                                               sample_id=s.id), on_usage=usage)
+        judge_predictions(be, cfg.seed, todo, store.add_metric_result, error, on_usage=usage)
     finally:
         be.close()
