@@ -66,6 +66,26 @@ def setting_label(d: dict[str, Any]) -> str:
     return kind + (" {" + ", ".join(f"{k}: {v}" for k, v in sorted(o.items())) + "}" if o else "")
 
 
+def dev_compressors(settings: list[dict[str, Any]], dev: list[str]) -> list[dict[str, Any]]:
+    """The settings the dev sweep runs (pure, copies): each `filter/ib-learned` trains on the `dev` ids and takes
+    the first ib-oracle setting's beta/budgets/max_single/by where it sets none of its own, so an ib-learned grid
+    `beta: [1, 10]` stays one setting per beta, each trained on the oracle's labels at its beta. Settings that
+    come out equal are run once."""
+    oracle = next((s for s in settings if s["model"] == "filter/ib-oracle"), None)
+    comps = []
+    for s in settings:
+        s = copy.deepcopy(s)
+        if s["model"] == "filter/ib-learned":
+            o = s.setdefault("options", {})
+            for k in ("beta", "budgets", "max_single", "by"):
+                if oracle is not None and k not in o and k in (oracle.get("options") or {}):
+                    o[k] = copy.deepcopy(oracle["options"][k])
+            o["train_ids"] = list(dev)
+        if s not in comps:  # a plain ib-learned filled in as one of its own beta grid is that setting, once
+            comps.append(s)
+    return comps
+
+
 def _sub_config(cfg: RunConfig, task: Any, name: str, comps: list[dict[str, Any]]) -> RunConfig:
     d = cfg.model_dump(mode="json")
     d["name"] = name
@@ -192,17 +212,7 @@ def tune_filter(cfg: RunConfig, *, dev_fraction: float = 0.5, split_seed: int = 
         samples = load_samples(task)
         dev, test = split_dev_test([s.id for s in samples], [s.group_id or s.id for s in samples], dev_fraction,
                                    split_seed)
-        oracle = next((s for s in settings if s["model"] == "filter/ib-oracle"), None)
-        comps = []
-        for s in settings:
-            s = copy.deepcopy(s)
-            if s["model"] == "filter/ib-learned":
-                o = s.setdefault("options", {})
-                for k in ("beta", "budgets", "max_single", "by"):
-                    if oracle is not None and k not in o and k in (oracle.get("options") or {}):
-                        o[k] = oracle["options"][k]
-                o["train_ids"] = list(dev)
-            comps.append(s)
+        comps = dev_compressors(settings, dev)
         base = f"{cfg.name}-{task.name}"
         dcfg = _sub_config(cfg, task, f"{base}-dev", comps)
         dsum, dcells, dlearned = _run_split(dcfg, set(dev), quiet)

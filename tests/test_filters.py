@@ -279,6 +279,37 @@ def test_ib_learned_trains_on_a_tiny_split(multidoc: list[Sample], smollm2, tok,
     assert other.identity() != comp.identity()  # another training set is another filter
 
 
+def test_ib_learned_trains_on_the_oracle_labels_at_its_beta(multidoc: list[Sample], smollm2, tok, tmp_path,
+                                                            monkeypatch) -> None:
+    """Real smollm2 float32 scorer on 2 training samples: an ib-learned filter per beta has its own artefact key and
+    identity and trains on the ib-oracle's choices at that beta (its kept-sentence labels equal those of the
+    oracle's choice at the same beta); beta 0 and 1000 label differently (abstain vs keep)."""
+    import numpy as np
+
+    from harness.compressors.learned import kept_labels
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    train = multidoc[:2]
+    ib = IBScorer(smollm2, tokenizer=tok)
+    base = {"train_ids": [s.id for s in train], "budgets": [1], "max_single": 2}
+    labels, keys, idents = {}, set(), set()
+    for beta in (0, 1000):
+        comp = FilterCompressor("filter/ib-learned", {**base, "beta": beta}, tokenizer=tok, ib=ib, train=train)
+        oracle = FilterCompressor("filter/ib-oracle", {"budgets": [1], "max_single": 2, "beta": beta},
+                                  tokenizer=tok, ib=ib)
+        want = []
+        for s in train:
+            units, _ = comp.learner.features(s)
+            want.append(kept_labels([u.text for u in units], oracle.text(s)))
+        labels[beta] = np.concatenate(want)
+        model = comp.learner.fit()
+        assert model["n_kept"] == int(labels[beta].sum()) and model["n_sentences"] == labels[beta].size
+        keys.add(comp.learner.key)
+        idents.add(comp.identity())
+    assert len(keys) == 2 and len(idents) == 2  # one artefact and one filter per beta
+    assert labels[0].sum() < labels[1000].sum()  # the beta decides what the oracle keeps, so what it learns
+
+
 def test_filter_ib_terms_stored_after_a_real_run(tmp_path) -> None:
     """A tiny real `harness run` (smollm2 predictor and float32 scorer) stores every extractive compression's IB
     terms in compression_terms, with the scorer's model id; the report shows their per-filter means."""

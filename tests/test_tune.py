@@ -152,3 +152,24 @@ def test_tune_filter_metric_contains(tiny_tune: tuple[Path, RunConfig, dict[str,
     st = Store.open(str(tmp_path / "s.db"))
     assert len(st.rows("scores")) == n_scores  # idempotent: the contains rows are stored once
     st.close()
+
+
+def test_beta_grids_of_ib_learned_and_ib_oracle() -> None:
+    """`beta: [1, 10]` on ib-learned is one dev setting per beta, each keeping its own beta (not the oracle's),
+    with the oracle's budgets and the dev ids; on ib-oracle it is two settings (two reference rows), pure."""
+    from harness.tune import dev_compressors
+
+    s = expand_settings([{"model": "filter/ib-oracle", "options": {"beta": [1, 10], "budgets": [1, 2]}},
+                         {"model": "filter/ib-learned", "options": {"beta": [1, 10]}},
+                         "filter/ib-learned"])
+    assert [setting_label(x) for x in s] == ["ib-oracle {beta: 1, budgets: [1, 2]}",
+                                             "ib-oracle {beta: 10, budgets: [1, 2]}",
+                                             "ib-learned {beta: 1}", "ib-learned {beta: 10}", "ib-learned"]
+    comps = dev_compressors(s, ["a", "b"])
+    learned = [c["options"] for c in comps if c["model"] == "filter/ib-learned"]
+    assert [o["beta"] for o in learned] == [1, 10]  # its own beta; the plain one takes the first oracle's: a repeat
+    assert all(o["budgets"] == [1, 2] and o["train_ids"] == ["a", "b"] for o in learned)
+    assert len({setting_label(c) for c in comps}) == len(comps) == 4  # every setting its own row, once
+    plain = dev_compressors([s[0], s[4]], ["a"])[1]["options"]
+    assert plain["beta"] == 1 and plain["budgets"] == [1, 2]
+    assert "train_ids" not in s[2]["options"]  # the settings themselves are left as they were
