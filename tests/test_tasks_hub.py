@@ -339,8 +339,10 @@ def test_hotpotqa_upstream_json_and_hub_parquet(tmp_path: Path) -> None:
         assert band.text == "The Band is a group. It signed to Label."
         assert [band.text[a:b] for a, b in band.gold_spans] == ["It signed to Label."]
         assert [label.text[a:b] for a, b in label.gold_spans] == ["Label is based in Paris."]
-        assert s.meta["sentence_labels"] == {"p0": [0, 1], "p1": [1, 0], "p2": [0]}
-        assert s.meta["doc_sentences"]["p1"] == ["Label is based in Paris.", " It was founded in 1990."]
+        assert [d.id for d in s.documents] == ["Band", "Label", "Other"]  # a paragraph's id is its title
+        assert s.meta["sentence_labels"] == {"Band": [0, 1], "Label": [1, 0], "Other": [0]}
+        assert s.meta["doc_sentences"]["Label"] == ["Label is based in Paris.", "It was founded in 1990."]
+        assert s.meta["supporting_sentences"] == [["Band", 1], ["Label", 0]]
         assert "Label is based in Paris." in s.gold_context() and "Other" not in s.gold_context()
     assert len(load_task("hotpotqa", size=1, options={"path": upstream})) == 1
 

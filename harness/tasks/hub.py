@@ -565,12 +565,17 @@ def hotpotqa(size: int | None, seed: int, split: str | None, *, path: str | None
     Schema (hub): `id`, `question`, `answer`, `type`, `level`, `supporting_facts: {title: [...],
     sent_id: [...]}`, `context: {title: [...], sentences: [[...]]}`; the upstream JSON list (`_id`,
     `context: [[title, [sents]]]`, `supporting_facts: [[title, sent_id]]`) is read too. Each paragraph
-    is a document `p{k}` (sentences concatenated as upstream, a space added where none leads); gold =
-    paragraphs with a supporting fact, spans = the supporting sentences. `meta["doc_sentences"]` and
-    `meta["sentence_labels"]` (0/1) map doc id to per-sentence lists.
+    is a document whose id is its Wikipedia title (sentences concatenated as upstream, a space added where
+    none leads), so a pooled corpus (`retrieval.corpus: task`) holds each paragraph once and a retrieved
+    passage keeps its id; a title seen earlier in the file with other text gets `title#2`, `#3`, .... Gold =
+    paragraphs with a supporting fact, spans = the supporting sentences. `meta["doc_sentences"]` (the dataset's
+    own sentences, stripped, indices as upstream) and `meta["sentence_labels"]` (0/1) map doc id to
+    per-sentence lists; `meta["supporting_sentences"]` = [[doc_id, sent_id], ...] of the supporting facts that
+    name a non-empty sentence of the context (gold-support precision/recall, `harness.retrieval.gold`).
     """
     task = "hotpotqa"
     samples = []
+    ids: dict[str, dict[str, str]] = {}  # title -> {paragraph text: doc id}, over the whole file
     for i, row in enumerate(_iter_rows(task, path, hub_id, hub_config, split or "validation")):
         rid = str(row.get("id") or row.get("_id") or "")
         if not rid:
@@ -582,9 +587,8 @@ def hotpotqa(size: int | None, seed: int, split: str | None, *, path: str | None
         support: dict[str, set[int]] = {}
         for t, s in facts:
             support.setdefault(t, set()).add(s)
-        docs, doc_sents, labels = [], {}, {}
-        for k, (title, sents) in enumerate(paras):
-            did = f"p{k}"
+        docs, doc_sents, labels, supporting = [], {}, {}, []
+        for title, sents in paras:
             text, offs = "", []
             for s in sents:
                 if text and not text[-1].isspace() and not s[:1].isspace():
@@ -592,14 +596,19 @@ def hotpotqa(size: int | None, seed: int, split: str | None, *, path: str | None
                 start = len(text) + (len(s) - len(s.lstrip()))
                 text += s
                 offs.append((start, len(text.rstrip())))
+            seen = ids.setdefault(title, {})
+            did = seen.setdefault(text, title if not seen else f"{title}#{len(seen) + 1}")
+            if did in doc_sents:  # the same paragraph twice in one row: keep the first
+                continue
             lab = [int(j in support.get(title, ())) for j in range(len(sents))]
             spans = tuple(offs[j] for j, v in enumerate(lab) if v and offs[j][1] > offs[j][0])
             docs.append(Document(id=did, title=title, text=text, is_gold=title in support, gold_spans=spans))
-            doc_sents[did], labels[did] = sents, lab
+            doc_sents[did], labels[did] = [x.strip() for x in sents], lab
+            supporting += [[did, j] for j, v in enumerate(lab) if v and sents[j].strip()]
         samples.append(Sample(
             id=rid, question=str(question), documents=tuple(docs), answers=(str(answer),), answer_type="text",
             meta={"type": row.get("type"), "level": row.get("level"), "supporting_facts": [list(f) for f in facts],
-                  "doc_sentences": doc_sents, "sentence_labels": labels},
+                  "doc_sentences": doc_sents, "sentence_labels": labels, "supporting_sentences": supporting},
         ))
     return _take(samples, size, seed)
 
@@ -614,7 +623,10 @@ def _normalize_answer(s: str) -> str:
 
 def _dpr_task(task: str, size: int | None, seed: int, split: str | None, path: str | None, hub_id: str | None,
               hub_config: str | None, top_k: int) -> list[Sample]:
-    """Samples from DPR retriever output rows {question, answers, ctxs: [{id, title, text, score, has_answer}]}."""
+    """Samples from DPR retriever output rows {question, answers, ctxs: [{id, title, text, score, has_answer}]}.
+
+    A ctx's `id` is its document id (the Wikipedia passage, so `retrieval.corpus: task` pools each passage once);
+    without one it is `<row id>#c<k>`. Gold is per question (has_answer), at passage level: no sentence labels."""
     top_k = _positive("top_k", top_k) or 1
     samples = []
     for i, row in enumerate(_iter_rows(task, path, hub_id, hub_config, split or "test")):
@@ -637,7 +649,8 @@ def _dpr_task(task: str, size: int | None, seed: int, split: str | None, path: s
             if has is None:  # not recorded: fall back to normalised substring match
                 nt = f" {_normalize_answer(text)} "
                 has = any(a and f" {a} " in nt for a in norm_answers)
-            docs.append(Document(id=str(c.get("id") or f"c{k}"), title=str(c.get("title") or ""), text=text,
+            # DPR ids name Wikipedia passages (shared across questions); a row without them gets ids of its own
+            docs.append(Document(id=str(c.get("id") or f"{rid}#c{k}"), title=str(c.get("title") or ""), text=text,
                                  is_gold=bool(has),
                                  gold_spans=_find_spans(text, answers, casefold=True) if has else ()))
             try:
