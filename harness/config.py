@@ -265,6 +265,8 @@ class ResearchConfig(_Strict):
 
     `compressors`: one compressor-predictor cell per entry (a spec, or a full role config; default
     `models.compressor`). `corpus`: `task` (every sample's passages, deduplicated) or a folder of .txt/.md/.jsonl.
+    `protocol`: how the predictor plans: `json` (a JSON reply) or `tools` (an OpenAI tool call it is made to make;
+    an openai/ predictor only).
     """
 
     arms: list[Literal["compressor-predictor", "predictor-only", "no-retrieval", "oracle-evidence"]] = Field(
@@ -277,6 +279,16 @@ class ResearchConfig(_Strict):
     max_subqueries: int = Field(3, ge=1, le=16)
     rounds: int = Field(1, ge=1, le=10)
     plan_max_new_tokens: int = Field(96, ge=8)
+    protocol: Literal["json", "tools"] = "json"
+
+    @model_serializer(mode="wrap")
+    def _drop_default_protocol(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+                               ) -> dict[str, Any]:
+        """`protocol` is left out of dumps while it is the default (json), so research cell ids stay as they were."""
+        d = handler(self)
+        if d.get("protocol") == "json":
+            d.pop("protocol", None)
+        return d
 
     @field_validator("corpus")
     @classmethod

@@ -85,11 +85,13 @@ class GenParams:
 
 @dataclass(frozen=True)
 class GenRequest:
-    """A chat (messages) or raw-text (prompt) generation request."""
+    """A chat (messages) or raw-text (prompt) generation request. `tool`: one function tool as JSON (`{"name",
+    "description", "parameters"}`) that a backend taking tool calls (openai/) is made to call; None for text."""
 
     messages: tuple[tuple[str, str], ...] = ()
     prompt: str | None = None
     params: GenParams = GenParams()
+    tool: str | None = None
 
     @staticmethod
     def chat(messages: list[Message], params: GenParams) -> GenRequest:
@@ -99,7 +101,9 @@ class GenRequest:
         return [{"role": r, "content": c} for r, c in self.messages]
 
     def to_json(self) -> dict[str, Any]:
-        return {"messages": [list(m) for m in self.messages], "prompt": self.prompt, "params": asdict(self.params)}
+        """The request as JSON (cache keys); `tool` only when set, so a text request's key is as it was."""
+        d = {"messages": [list(m) for m in self.messages], "prompt": self.prompt, "params": asdict(self.params)}
+        return d if self.tool is None else {**d, "tool": self.tool}
 
 
 @dataclass
@@ -112,7 +116,8 @@ class Usage:
 
 @dataclass
 class Generation:
-    """What a backend returns for one request. `error` set means the call failed."""
+    """What a backend returns for one request. `error` set means the call failed. `tool_calls`: the reply's tool
+    calls (`{"name", "arguments"}`, arguments as the raw JSON text) for a request with a `tool`, else None."""
 
     text: str
     token_ids: list[int]
@@ -121,9 +126,12 @@ class Generation:
     finish_reason: str = ""
     truncated_prompt: bool = False
     error: str | None = None
+    tool_calls: list[dict[str, str]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
+        if d["tool_calls"] is None:  # cached text replies stay as they were
+            del d["tool_calls"]
         return d
 
     @staticmethod

@@ -16,7 +16,7 @@ from harness.config import RetrievalConfig
 from harness.records import Sample
 from harness.retrieval import recall_at_k, retrieve_samples
 from harness.tasks import load_task
-from tests.conftest import need
+from tests.conftest import need, need_pack
 
 FIX = Path(__file__).parent / "fixtures" / "rag"
 HOTPOT = FIX / "hotpot_dev_distractor_v1.json"
@@ -209,3 +209,89 @@ def test_dpr_rows_without_ctx_ids_pool_apart(tmp_path: Path) -> None:
     assert [d.id for d in samples[0].documents][:2] == [f"{samples[0].id}#c0", f"{samples[0].id}#c1"]
     _, summary = retrieve_samples(samples, RetrievalConfig(corpus="task", top_k=1))
     assert summary["passages"] == sum(len(r["ctxs"]) for r in rows)
+
+
+# ----------------------------------------------------------------------------- filters: gold support
+
+
+def _hand_support(row: dict[str, Any], text: str) -> tuple[float | None, float, int]:
+    """Gold-support precision, recall and kept count of a compression, by hand from the raw HotpotQA row: a sentence
+    is kept when its words appear whole in the text; gold = the row's supporting_facts."""
+    flat = " ".join(text.split())
+    kept = {(t, j) for t, sents in row["context"] for j, s in enumerate(sents) if s.strip() and s.strip() in flat}
+    gold = {(t, j) for t, j in row["supporting_facts"]}
+    return (len(kept & gold) / len(kept) if kept else None), len(kept & gold) / len(gold), len(kept)
+
+
+@pytest.mark.slow
+def test_filters_store_gold_support_on_hotpot(tmp_path: Path) -> None:
+    """A real tiny sweep on the HotpotQA file (retrieval bm25 over each sample's paragraphs, top_k covering them all;
+    filter/full, filter/extractive {sentences: 2}, filter/ib-oracle; smollm2 predictor and float32 scorer) stores
+    for every compression the gold-support precision and recall of the supporting_facts: full keeps recall 1 at
+    precision #supporting / #sentences, the others match the count by hand."""
+    need_pack("smollm2-135m")
+    from harness.config import parse_sweep_config
+    from harness.pipeline.sweep import run_sweep
+    from harness.store import Store
+
+    tok = "gguf/smollm2-135m"
+    filters = [{"model": "filter/full", "tokenizer": tok},
+               {"model": "filter/extractive", "tokenizer": tok, "options": {"sentences": 2}},
+               {"model": "filter/ib-oracle", "tokenizer": tok, "options": {"budgets": [1], "max_single": 2}}]
+    cfg = parse_sweep_config({
+        "name": "hotpot-filters", "task": {"name": "hotpotqa", "size": 2, "options": {"path": str(HOTPOT)}},
+        "retrieval": {"corpus": "sample", "retriever": "bm25", "top_k": 5},
+        "models": {"compressor": filters[0], "predictor": {"model": tok, "dtype": "float32"},
+                   "scorer": {"model": tok, "dtype": "float32"}},
+        "arms": ["compressed"], "generation": {"predictor": {"max_new_tokens": 4}},
+        "sweep": {"compressors": filters, "predictors": [tok]},
+        "output": {"dir": str(tmp_path / "out"), "store": str(tmp_path / "s.db"), "cache": None}})
+    out = run_sweep(cfg, quiet=True)
+    assert out["predictions"]["errors"] == 0
+    raw = {r["_id"]: r for r in _raw(HOTPOT)}
+    st = Store.open(str(tmp_path / "s.db"))
+    try:
+        kinds = {m["model_id"]: m["name"] for m in st.rows("models") if m["backend"] == "filter"}
+        comps = st.rows("compressions")
+        assert sorted(kinds[c["compressor_model_id"]] for c in comps) == sorted(["full", "extractive",
+                                                                               "ib-oracle"] * 2)
+        for c in comps:
+            kind, row, text = kinds[c["compressor_model_id"]], raw[c["sample_id"]], c["text"]
+            terms = st.compression_terms(c["compression_id"])
+            p, r, n = _hand_support(row, text)
+            assert terms.get("support_recall") == pytest.approx(r), kind
+            assert (terms.get("support_precision") is None) if p is None else terms["support_precision"] == \
+                pytest.approx(p)
+            if kind == "full":
+                n_sents = sum(1 for _, sents in row["context"] for s in sents if s.strip())
+                assert r == 1.0 and n == n_sents and terms["compression_rate"] == 1.0
+                assert terms["support_precision"] == pytest.approx(len(row["supporting_facts"]) / n_sents)
+            elif kind == "extractive":
+                assert n == 2 and terms["compression_rate"] < 1
+            else:  # ib-oracle: abstains (nothing kept) or keeps one sentence
+                assert n == (0 if terms["abstain"] else 1)
+    finally:
+        st.close()
+
+
+# ----------------------------------------------------------------------------- the example config
+
+
+CONFIG = Path(__file__).parents[1] / "configs" / "rag-filter-hotpotqa.yaml"
+
+
+def test_hotpot_filter_config_reads_a_local_file_and_names_a_missing_one(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """configs/rag-filter-hotpotqa.yaml: with `--set task.options.path=FILE` it retrieves the file's questions (recall
+    of the supporting paragraphs); its placeholder path, missing, stops tune-filter with one line and exit 2."""
+    cache = f"output.cache={tmp_path / 'c.sqlite'}"
+    assert main(["retrieve", str(CONFIG), "--json", "--set", f"task.options.path={HOTPOT}", "--set", cache]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["with_gold"] == 3 and out["recall_at_k"] == 1.0 and out["k"] == 5  # k covers each row's paragraphs
+    if (CONFIG.parents[1] / "data" / "hotpotqa" / "hotpot_dev_distractor_v1.json").exists():
+        pytest.skip("a real HotpotQA file sits at the placeholder path")
+    rc = main(["tune-filter", str(CONFIG), "--set", f"output.dir={tmp_path / 'out'}",
+               "--set", f"output.store={tmp_path / 's.db'}", "--set", cache])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert "task.options.path: 'data/hotpotqa/hotpot_dev_distractor_v1.json' does not exist" in err

@@ -188,3 +188,146 @@ def test_a_failed_judge_call_is_an_error_not_a_wrong_answer(tmp_path: Path):
     assert (pf["status"] == "error").all() and set(pf["error_stage"]) == {"score"}
     cells = cell_frame(fr)[0]
     assert (cells["errors"] == 2).all() and cells["accuracy"].isna().all()
+
+
+# ---------------------------------------------------------------- planning by OpenAI tool calls (research.protocol)
+
+#: research cell ids of `_ids_cfg` written by the harness before `research.protocol` existed (commit e891882)
+OLD_RESEARCH_IDS = {"compressor-predictor": "research-f1de121f04/compressor-predictor/9bf2e3b5",
+                    "predictor-only": "research-f1de121f04/predictor-only",
+                    "no-retrieval": "research-f1de121f04/no-retrieval",
+                    "oracle-evidence": "research-f1de121f04/oracle-evidence"}
+
+
+def _ids_cfg(**research: Any) -> dict[str, Any]:
+    return {"name": "ids", "task": {"name": "synthetic-multidoc", "size": 2, "seed": 0, "options": {"n_templates": 8}},
+            "models": {"predictor": {"model": "openai/smollm2", "base_url": "http://127.0.0.1:1/v1"},
+                       "compressor": {"model": "gguf/smollm2-135m", "dtype": "float32"}},
+            "research": {"top_k": 2, "max_subqueries": 2, "rounds": 2, **research}, "output": {"store": "x.db"}}
+
+
+def test_protocol_stays_out_of_cell_ids_while_unset():
+    """Cell ids are those an older harness stored, with `protocol` unset or json; `tools` makes new cells."""
+    from harness.research.run import plan_cells
+
+    def ids(**kw: Any) -> dict[str, str]:
+        return {c.arm: c.cell_id for c in plan_cells(parse_config(_ids_cfg(**kw)))}
+
+    assert ids() == OLD_RESEARCH_IDS == ids(protocol="json")
+    assert not set(ids(protocol="tools").values()) & set(OLD_RESEARCH_IDS.values())
+    assert "protocol" not in parse_config(_ids_cfg()).research.model_dump(mode="json")
+
+
+def test_tools_protocol_on_a_local_predictor_is_one_config_error(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """A gguf/ predictor cannot take tool calls: `harness run` exits 2 with one line naming research.protocol,
+    before any model loads."""
+    import yaml
+
+    from harness.cli import main
+
+    d = _ids_cfg(protocol="tools")
+    d["models"]["predictor"] = {"model": "gguf/smollm2-135m"}
+    d["output"] = {"dir": str(tmp_path / "out"), "store": str(tmp_path / "s.db")}
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(d))
+    assert main(["run", str(p), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "research.protocol: tools" in err[0] and "gguf/" in err[0]
+    assert not (tmp_path / "s.db").exists()
+
+
+class _ToolReplies:
+    """A fake backend (fault injection, not a model): each reply is a Generation with the given tool calls; records
+    every request."""
+
+    def __init__(self, calls: list[list[dict[str, str]] | None]):
+        self.calls, self.seen = list(calls), []
+
+    def generate(self, reqs: list[Any]) -> list[Any]:
+        from harness.records import Generation, Usage
+
+        self.seen += reqs
+        return [Generation("", [], None, Usage(10, 5, 0.01), "tool_calls", tool_calls=self.calls.pop(0))
+                for _ in reqs]
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_reply_without_a_tool_call_or_with_bad_arguments_is_a_planning_failure():
+    """Scripted tool replies (fault injection): no tool call, another tool, arguments that are not the plan: each is
+    a recorded planning failure with the raw reply in the trace, never a guess; a good call is parsed like JSON."""
+    from harness.config import Prompts
+    from harness.records import Document, GenParams, Sample
+    from harness.research.driver import drive
+    from harness.research.episode import Context, Trace, episode
+    from harness.research.protocol import PLAN_TOOL
+    from harness.research.search import SearchTool
+
+    s = Sample("s0", "In which town was the founder of Acme Logistics born?",
+               (Document("d1", "Acme Logistics was founded by Clara Mensah.", "Acme", is_gold=True),), ("Brinmoor",))
+    gp = GenParams(max_new_tokens=8)
+    ctx = Context(arm="predictor-only", search=SearchTool(list(s.documents)), prompts=Prompts(), top_k=1,
+                  max_subqueries=2, rounds=1, plan_params=gp, answer_params=gp, compress_params=gp, protocol="tools")
+    cases = [(None, "reply has no tool call"), ([{"name": "search", "arguments": "{}"}], "calls tool 'search'"),
+             ([{"name": "plan", "arguments": '{"subqueries": [{"query": "founder'}], "not JSON"),
+             ([{"name": "plan", "arguments": '{"subqueries": [], "done": false}'}], "no non-empty 'subqueries'")]
+    for calls, why in cases:
+        be, tr, outs = _ToolReplies([calls]), Trace("c", s.id), []
+        drive([(episode(ctx, s, tr), outs.append)], {"predictor": be})
+        (req,) = be.seen
+        tool = json.loads(req.tool)
+        assert tool["name"] == PLAN_TOOL["name"] and "plan tool" in req.messages[0][1]
+        assert tool["parameters"]["properties"]["subqueries"]["maxItems"] == 2  # max_subqueries
+        assert outs[0].answer is None and outs[0].error.startswith("planning failure (plan, round 0)")
+        assert why in outs[0].error and [st["kind"] for st in tr.steps] == ["plan"]
+        assert tr.steps[0]["payload"]["protocol"] == "tools" and tr.steps[0]["payload"].get("tool_calls") == calls
+    good = [{"name": "plan", "arguments": '{"subqueries": [{"query": "founder of Acme", "subtask": "who"}], '
+                                          '"done": false}'}]
+    be, tr, outs = _ToolReplies([good, None]), Trace("c", s.id), []
+    drive([(episode(ctx, s, tr), outs.append)], {"predictor": be})
+    assert outs[0].error is None and [st["kind"] for st in tr.steps] == ["plan", "search", "answer"]
+    assert tr.steps[0]["payload"]["subqueries"] == [{"query": "founder of Acme", "subtask": "who"}]
+    assert be.seen[1].tool is None  # the answer is text
+
+
+@pytest.mark.server
+def test_tools_protocol_against_the_real_llama_cpp_server(llama_server: str, tmp_path: Path):
+    """`research.protocol: tools` with `openai/smollm2` on the real llama-cpp-python server, which constrains a forced
+    tool call to the tool's JSON schema: each plan is a call of `plan` whose arguments parse (subqueries searched,
+    answered); the trace payload records the protocol and the raw call. With 8 planning tokens the call is cut
+    mid-JSON: a recorded planning failure, no guess."""
+    from harness.research.protocol import parse_plan
+    from harness.research.run import run_research
+    from harness.results import load
+
+    def cfg(sub: str, **research: Any) -> dict[str, Any]:
+        (tmp_path / sub).mkdir()
+        d = _ids_cfg(**{"protocol": "tools", "arms": ["predictor-only"], "rounds": 1, "plan_max_new_tokens": 160,
+                        **research})
+        d["task"]["options"] |= {"context_tokens": 120, "n_distractors": 2}
+        d["models"] = {"predictor": {"model": "openai/smollm2", "base_url": llama_server, "max_concurrency": 2}}
+        d["generation"] = {"predictor": {"max_new_tokens": 12}}
+        d["overflow"] = "truncate"
+        d["output"] = {"dir": str(tmp_path / sub / "out"), "cache": None, "store": str(tmp_path / sub / "s.db")}
+        return d
+
+    run_research(parse_config(cfg("ok")), quiet=True)
+    fr = load(str(tmp_path / "ok" / "s.db"))
+    st = fr["trace_steps"]
+    plans = st[st["kind"] == "plan"]
+    assert len(plans) == 2 and plans["error"].isna().all()
+    for pj in plans["payload_json"]:
+        pay = json.loads(pj)
+        assert pay["protocol"] == "tools" and pay["tool_calls"][0]["name"] == "plan"
+        parsed = parse_plan(pay["tool_calls"][0]["arguments"], 2)
+        assert pay["subqueries"] == [{"query": q.query, "subtask": q.subtask} for q in parsed.subqueries]
+    assert (st["kind"] == "search").sum() >= 2 and (st["kind"] == "answer").sum() == 2
+    assert fr["predictions"]["error"].isna().all()
+
+    run_research(parse_config(cfg("cut", plan_max_new_tokens=8)), quiet=True)
+    fr = load(str(tmp_path / "cut" / "s.db"))
+    st = fr["trace_steps"]
+    assert list(st["kind"]) == ["plan", "plan"] and st["error"].str.startswith("planning failure (plan").all()
+    assert all(json.loads(p)["tool_calls"] for p in st["payload_json"])  # the cut call is kept
+    assert fr["predictions"]["error"].str.startswith("planning failure").all() and fr["scores"].empty

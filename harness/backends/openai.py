@@ -127,7 +127,7 @@ def _checked(raw: Any) -> Any:
         raise Refused("content_filter: the server withheld the reply (finish_reason content_filter)")
     if msg is not None and msg.get("refusal"):
         raise Refused(f"refusal: {_snippet(str(msg['refusal']), 300)}")
-    if content is None:
+    if content is None and not (msg is not None and msg.get("tool_calls")):  # a tool call may have no content
         raise BadResponse(f"HTTP {http.status_code} with no content in the reply (finish_reason {finish})", ra)
     return raw.parse()
 
@@ -292,14 +292,22 @@ class OpenAIBackend:
         elif p.top_k:
             kw["extra_body"] = {"top_k": p.top_k}
         t = time.time()
+        calls = None
         try:
             if self.api == "chat" and r.messages:
                 if p.logprobs:
                     kw["logprobs"] = True
                     kw["top_logprobs"] = 1
+                if r.tool is not None:  # one function tool, which the reply is made to call
+                    fn = json.loads(r.tool)
+                    kw["tools"] = [{"type": "function", "function": fn}]
+                    kw["tool_choice"] = {"type": "function", "function": {"name": fn["name"]}}
                 resp = self._call(self.client.chat.completions.create, messages=r.message_dicts(), **kw)
                 ch = resp.choices[0]
                 text = ch.message.content or ""
+                if r.tool is not None:
+                    calls = [{"name": c.function.name, "arguments": c.function.arguments}
+                             for c in ch.message.tool_calls or [] if getattr(c, "function", None) is not None]
                 lps = (
                     [c.logprob for c in ch.logprobs.content]
                     if p.logprobs and ch.logprobs and ch.logprobs.content
@@ -317,7 +325,7 @@ class OpenAIBackend:
             return Generation("", [], None, Usage(seconds=time.time() - t), error=self._error_text(e))
         u = resp.usage
         usage = Usage(u.prompt_tokens if u else 0, u.completion_tokens if u else 0, time.time() - t)
-        return Generation(text, [], lps, usage, finish_reason=ch.finish_reason or "")
+        return Generation(text, [], lps, usage, finish_reason=ch.finish_reason or "", tool_calls=calls)
 
     def _render(self, messages: list[dict[str, str]]) -> str:
         if not self.tokenizer:

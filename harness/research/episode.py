@@ -15,7 +15,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.records import Generation, GenParams, GenRequest, Sample, Usage
-from harness.research.protocol import COMPRESS, FOLLOW_UP, PLAN, PlanError, Subquery, parse_plan
+from harness.research.protocol import (
+    COMPRESS,
+    FOLLOW_UP,
+    FOLLOW_UP_TOOLS,
+    PLAN,
+    PLAN_TOOLS,
+    PlanError,
+    Subquery,
+    parse_plan,
+    plan_tool,
+    tool_arguments,
+)
 from harness.research.search import Hit, SearchTool, passages_text
 
 
@@ -77,8 +88,8 @@ class Trace:
             p = st["payload"]
             u = Usage(int(st["prompt_tokens"]), int(st["completion_tokens"]), float(st["seconds"]),
                       bool(p.get("cached", False)))
-            out[i] = (Generation(str(p.get("text", "")), [], None, u, finish_reason=str(p.get("finish_reason", ""))),
-                      True)
+            out[i] = (Generation(str(p.get("text", "")), [], None, u, finish_reason=str(p.get("finish_reason", "")),
+                                 tool_calls=p.get("tool_calls")), True)
         if todo:
             gens = yield [Call(role, reqs[i]) for i in todo]
             for i, g in zip(todo, gens, strict=True):
@@ -121,13 +132,15 @@ class Context:
     answer_params: GenParams
     compress_params: GenParams
     compressor: str = ""  # the driver's key of this cell's compressor ("compressor:<spec>")
+    protocol: str = "json"  # planning replies: "json" (text) or "tools" (a call of PLAN_TOOL, openai/ only)
     fit: Callable[[str, Callable[[str], GenRequest], str], tuple[GenRequest | None, bool, str | None]] = (
         lambda _r, build, text: (build(text), False, None))
     cost: Callable[[str, Usage], dict[str, Any]] = lambda _r, _u: {}
 
 
 def _gen_payload(g: Generation) -> dict[str, Any]:
-    return {"text": g.text, "finish_reason": g.finish_reason}
+    d: dict[str, Any] = {"text": g.text, "finish_reason": g.finish_reason}
+    return d if g.tool_calls is None else {**d, "tool_calls": g.tool_calls}
 
 
 def findings_text(findings: list[dict[str, Any]]) -> str:
@@ -179,26 +192,30 @@ def episode(ctx: Context, sample: Sample, tr: Trace) -> Episode:
     findings: list[dict[str, Any]] = []  # compressor-predictor: {query, subtask, ids, summary}
     passages: dict[str, Hit] = {}  # predictor-only: every retrieved passage, in order of first retrieval
     seen: set[str] = set()
+    tools = ctx.protocol == "tools"
     for rnd in range(ctx.rounds):
         if rnd == 0:
             kind = "plan"
-            msgs = render(PLAN, question=sample.question, n=str(ctx.max_subqueries))
+            msgs = render(PLAN_TOOLS if tools else PLAN, question=sample.question, n=str(ctx.max_subqueries))
         else:
             kind = "follow-up"
             so_far = findings_text(findings) if ctx.arm == "compressor-predictor" else passages_text(
                 list(passages.values()))
-            msgs = render(FOLLOW_UP, question=sample.question, findings=so_far or "(none)",
-                          n=str(ctx.max_subqueries))
+            msgs = render(FOLLOW_UP_TOOLS if tools else FOLLOW_UP, question=sample.question,
+                          findings=so_far or "(none)", n=str(ctx.max_subqueries))
         req = GenRequest.chat(msgs, ctx.plan_params)
+        if tools:
+            req = GenRequest(req.messages, req.prompt, req.params, tool=plan_tool(ctx.max_subqueries))
         [(g, reused)] = yield from tr.calls(kind, pred, [req])
-        base = {**_gen_payload(g)}
+        base = {"protocol": ctx.protocol, **_gen_payload(g)}
         cost = ctx.cost(pred, g.usage)
         if g.error:
             tr.write(kind, base, round=rnd, role=pred, usage=g.usage, cost=cost, error=g.error, reused=reused)
             out.error, out.error_stage = f"{kind}: {g.error}", "predict"
             return out
         try:
-            plan = parse_plan(g.text, ctx.max_subqueries, allow_done=rnd > 0)
+            plan = parse_plan(tool_arguments(g.tool_calls) if tools else g.text, ctx.max_subqueries,
+                              allow_done=rnd > 0)
         except PlanError as e:
             err = f"planning failure ({kind}, round {rnd}): {e}"
             tr.write(kind, base, round=rnd, role=pred, usage=g.usage, cost=cost, error=err, reused=reused)

@@ -1,5 +1,7 @@
 """The planning protocol: prompts for planning, follow-up and per-subquery compression, and the strict JSON parser
-of the predictor's replies. An unparseable reply is a planning failure (`PlanError`), never a guess."""
+of the predictor's replies. An unparseable reply is a planning failure (`PlanError`), never a guess. With
+`research.protocol: tools` the predictor is made to call one function tool (`PLAN_TOOL`) instead, and the call's
+arguments go through the same parser."""
 
 from __future__ import annotations
 
@@ -26,6 +28,49 @@ FOLLOW_UP = Prompt(
         'for the missing facts: {{"subqueries": [{{"query": "...", "subtask": "..."}}]}}. Reply with JSON only.'
     ),
 )
+PLAN_TOOLS = Prompt(
+    system="You plan research for a question. You reply by calling the plan tool.",
+    user=(
+        "Research question: {question}\n\n"
+        "Call plan with up to {n} subqueries that find the facts needed to answer it. Each has a query (the words to "
+        "search for) and a subtask (what to extract from the results). Set done to false."
+    ),
+)
+FOLLOW_UP_TOOLS = Prompt(
+    system="You plan research for a question. You reply by calling the plan tool.",
+    user=(
+        "Research question: {question}\n\nFindings so far:\n{findings}\n\n"
+        "If the findings answer the question, call plan with done true and no subqueries. Otherwise call it with up "
+        "to {n} new subqueries for the missing facts and done false."
+    ),
+)
+#: the planning protocol `tools`: the one function tool an OpenAI-compatible predictor is made to call; its
+#: arguments are checked by `parse_plan`, like a JSON reply
+PLAN_TOOL = {
+    "name": "plan",
+    "description": "Plan the searches for the research question, or say that the findings answer it (done).",
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "subqueries": {"type": "array", "items": {
+                "type": "object",
+                "properties": {"query": {"type": "string", "description": "the words to search for"},
+                               "subtask": {"type": "string", "description": "what to extract from the results"}},
+                "required": ["query", "subtask"]}},
+            "done": {"type": "boolean", "description": "true when the findings answer the question"},
+        },
+        "required": ["subqueries", "done"],
+    },
+}
+
+
+def plan_tool(max_subqueries: int) -> str:
+    """`PLAN_TOOL` as the JSON a request carries, its list bounded by `maxItems` (a server that constrains a forced
+    call to the schema, as llama.cpp's does, then stops after `max_subqueries`)."""
+    t = json.loads(json.dumps(PLAN_TOOL))
+    t["parameters"]["properties"]["subqueries"]["maxItems"] = max_subqueries
+    return json.dumps(t, sort_keys=True)
+
 COMPRESS = Prompt(
     system="You are a careful assistant who summarises documents.",
     user=(
@@ -54,6 +99,17 @@ class Plan:
     subqueries: tuple[Subquery, ...]
     done: bool = False
     dropped: int = 0
+
+
+def tool_arguments(tool_calls: list[dict[str, str]] | None) -> str:
+    """The arguments (JSON text) of a reply's call of the plan tool, for `parse_plan`; `PlanError` when the reply
+    made no tool call or called another tool."""
+    if not tool_calls:
+        raise PlanError("reply has no tool call")
+    name = tool_calls[0].get("name")
+    if name != PLAN_TOOL["name"]:
+        raise PlanError(f"reply calls tool {name!r}, not {PLAN_TOOL['name']!r}")
+    return str(tool_calls[0].get("arguments") or "")
 
 
 def parse_plan(text: str, max_subqueries: int, allow_done: bool = False) -> Plan:

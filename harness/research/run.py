@@ -58,6 +58,21 @@ def compressor_configs(cfg: RunConfig) -> list[ModelConfig]:
     return out
 
 
+def check_protocol(cfg: RunConfig) -> None:
+    """`research.protocol: tools` needs a predictor that takes OpenAI tool calls: an openai/ model on the chat API.
+    A local backend (gguf/hf/vllm) is refused with one UserError rather than run with the JSON protocol: the cells
+    would carry `protocol: tools` in their ids while planning by JSON, and a comparison of the two protocols would
+    compare nothing."""
+    rc = cfg.research
+    assert rc is not None
+    mc = cfg.models.predictor
+    if rc.protocol == "tools" and (mc.backend != "openai" or mc.api != "chat"):
+        what = f"{mc.backend}/ backend" if mc.backend != "openai" else "completions API"
+        raise UserError(f"research.protocol: tools needs an openai/ predictor on the chat API (its plan is an OpenAI "
+                        f"tool call); '{mc.model}' uses the {what}, which cannot take tools here. Write "
+                        "research.protocol: json, or serve the model behind an OpenAI-compatible server")
+
+
 def plan_cells(cfg: RunConfig) -> list[Cell]:
     """The run's cells with their deterministic ids (see the module docstring)."""
     rc = cfg.research
@@ -125,6 +140,7 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
     if not cfg.output.store:
         raise UserError("output.store: a research run needs a results store (its traces and resumption live there); "
                         "set output.store")
+    check_protocol(cfg)
     check_outputs(cfg, run_folder=True)
     cells = plan_cells(cfg)
     comps = {c.compressor.model: c.compressor for c in cells if c.compressor is not None}
@@ -192,7 +208,8 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
     ctx_kw = {"search": search, "prompts": cfg.prompts, "top_k": rc.top_k, "max_subqueries": rc.max_subqueries,
               "rounds": rc.rounds, "plan_params": plan_params,
               "answer_params": params_from(cfg.generation.predictor, cfg.seed),
-              "compress_params": params_from(cfg.generation.compressor, cfg.seed), "fit": fit, "cost": cost}
+              "compress_params": params_from(cfg.generation.compressor, cfg.seed), "fit": fit, "cost": cost,
+              "protocol": rc.protocol}
     counts = {"skipped": 0, "reused_steps": 0, "episodes": 0}
 
     def finish(cell: Cell, s: Sample, tr: Trace, old_p: list[dict[str, Any]], out: Any) -> None:
