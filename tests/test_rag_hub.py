@@ -14,7 +14,7 @@ import yaml
 from harness.cli import main
 from harness.config import RetrievalConfig
 from harness.records import Sample
-from harness.retrieval import recall_at_k, retrieve_samples
+from harness.retrieval import gold_support, recall_at_k, retrieve_samples
 from harness.tasks import load_task
 from tests.conftest import need, need_pack
 
@@ -106,6 +106,7 @@ def test_dpr_files_keep_passage_ids_and_has_answer(task: str) -> None:
         s = samples[f"{task}-{i}"]
         assert s.answers == tuple(row["answers"]) and s.question == row["question"]
         assert [(d.id, d.is_gold) for d in s.documents] == [(c["id"], c["has_answer"]) for c in row["ctxs"]]
+        assert gold_support(s.meta, s.context) == {}  # passage-level gold only: no support P/R is stored
 
 
 # ----------------------------------------------------------------------------- retrieval

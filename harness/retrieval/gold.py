@@ -42,7 +42,8 @@ def support_precision_recall(kept: Iterable[tuple[str, int]], gold: Iterable[tup
 
 def gold_support(sample_meta: Mapping[str, object], text: str) -> dict[str, float | int | None]:
     """Gold-support precision and recall of a compression `text` for a sample whose meta labels its supporting
-    sentences (`doc_sentences`, `supporting_sentences`: synthetic-multidoc); empty when it has no labels."""
+    sentences (`doc_sentences`, `supporting_sentences`: synthetic-multidoc, HotpotQA); empty when it has no labels
+    (NQ-open, TriviaQA: their gold is passage-level, `has_answer`)."""
     sents = sample_meta.get("doc_sentences")
     support = sample_meta.get("supporting_sentences")
     if not isinstance(sents, Mapping) or not support:
