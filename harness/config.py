@@ -26,6 +26,8 @@ BACKENDS = ("hf", "gguf", "openai", "vllm", "python", "filter")
 FUNCTION_BACKENDS = ("python", "filter")
 #: backends that are language models (every role); `python/` names a compressor function (compressor role only)
 LM_BACKENDS = ("hf", "gguf", "openai", "vllm")
+#: an LM compressor's options: a length instruction line (max_words) and IB terms of its compressions (ib_terms)
+LM_OPTIONS = ("max_words", "ib_terms")
 ARMS = ("compressed", "full-context", "no-context", "gold-context")
 
 
@@ -75,6 +77,11 @@ class ModelConfig(_Strict):
             if not sep or not mod or not fn:
                 raise ValueError(f"'{self.model}' is not a python compressor spec; write python/<module>:<function>, "
                                  "e.g. python/mypkg.filters:keep_sentences")
+        elif self.options and self.backend in LM_BACKENDS:  # an LM compressor's knobs (harness.compressors.lm)
+            for k in self.options:
+                if k not in LM_OPTIONS:
+                    raise ValueError(f"options.{k}: an LM compressor ('{self.model}') takes only "
+                                     f"{', '.join(LM_OPTIONS)}")  # values: checked by harness.compressors.lm
         elif self.options and self.backend != "filter":
             raise ValueError(f"options are the keyword arguments of a python/ compressor or the knobs of a filter/ "
                              f"one; '{self.model}' takes none")
@@ -119,6 +126,8 @@ class Roles(_Strict):
             if mc is not None and mc.backend in FUNCTION_BACKENDS:
                 raise ValueError(f"models.{role}.model: '{mc.model}' is a {mc.backend}/ compressor; the {role} "
                                  f"must be a language model ({', '.join(LM_BACKENDS)})")
+            if mc is not None and mc.options:
+                raise ValueError(f"models.{role}.options: only a compressor takes options; remove them")
         return self
 
 

@@ -24,6 +24,11 @@ Per task (`sweep.tasks`, else `task`):
 4. run the chosen settings (and the oracle's, for reference) once on test (`<name>-<task>-test`), which the choice
    never read; write the Pareto plot of dev (PNG, SVG, PDF) beside the run folder.
 
+An LM compressor entry (gguf/..., hf/..., openai/...) is the abstractive filter (kind `abstractive`, label e.g.
+`abstractive smollm2-135m {max_words: 30}`): `options: {max_words: N}` appends "Use at most N words." to its prompt
+(a grid like any option), and tune-filter sets `ib_terms: true` so its compressions get their IB terms from
+`models.scorer`, as every filter's.
+
 `filter/ib-learned` trains on the ib-oracle's choices on the dev samples (its `train_ids`), with the same
 beta/budgets as the first ib-oracle setting unless it sets its own; the summary gives its training time and its
 held-out agreement with the oracle on test (share of test samples where both keep the same text).
@@ -37,7 +42,7 @@ import json
 import math
 from typing import Any
 
-from harness.config import ModelConfig, RunConfig, parse_sweep_config
+from harness.config import LM_BACKENDS, ModelConfig, RunConfig, parse_sweep_config
 from harness.errors import UserError
 
 LIST_OPTIONS = ("budgets", "train_ids")  # options whose value is a list by type, not a grid
@@ -59,10 +64,18 @@ def expand_settings(entries: list[Any]) -> list[dict[str, Any]]:
     return out
 
 
+def setting_kind(d: dict[str, Any]) -> str:
+    """A setting's filter kind: `truncate` for filter/truncate, `abstractive` for an LM compressor."""
+    backend, _, name = d["model"].partition("/")
+    return "abstractive" if backend in LM_BACKENDS else name
+
+
 def setting_label(d: dict[str, Any]) -> str:
-    """`truncate {tokens: 64}` (train_ids left out)."""
-    kind = d["model"].partition("/")[2]
-    o = {k: v for k, v in (d.get("options") or {}).items() if k != "train_ids"}
+    """`truncate {tokens: 64}`, `abstractive smollm2-135m {max_words: 30}` (train_ids and ib_terms left out)."""
+    kind = setting_kind(d)
+    if kind == "abstractive":
+        kind += " " + d["model"].partition("/")[2]
+    o = {k: v for k, v in (d.get("options") or {}).items() if k not in ("train_ids", "ib_terms")}
     return kind + (" {" + ", ".join(f"{k}: {v}" for k, v in sorted(o.items())) + "}" if o else "")
 
 
@@ -81,6 +94,8 @@ def dev_compressors(settings: list[dict[str, Any]], dev: list[str]) -> list[dict
                 if oracle is not None and k not in o and k in (oracle.get("options") or {}):
                     o[k] = copy.deepcopy(oracle["options"][k])
             o["train_ids"] = list(dev)
+        if setting_kind(s) == "abstractive":  # an LM's compressions get their IB terms, as every filter's
+            s["options"] = {"ib_terms": True, **(s.get("options") or {})}
         if s not in comps:  # a plain ib-learned filled in as one of its own beta grid is that setting, once
             comps.append(s)
     return comps
@@ -143,6 +158,7 @@ def _numbers(store_url: str, run_id: str, cells: dict[str, dict[str, Any]], task
     frames = load(store_url)
     cf = cell_frame(frames, run_id, metric=None if metric == "auto" else metric)[0].set_index("cell_id")
     comps = frames["compressions"]
+    preds = frames["predictions"]
     terms = frames["compression_terms"]
     wide = terms.pivot_table(index="compression_id", columns="name", values="value", aggfunc="first") \
         if not terms.empty else None
@@ -152,8 +168,9 @@ def _numbers(store_url: str, run_id: str, cells: dict[str, dict[str, Any]], task
             continue
         r = cf.loc[cid]
         row: dict[str, Any] = {k: _num(r[k]) for k in ("accuracy", "acc_lo", "acc_hi", "n", "errors", "token_ratio")}
-        mine = comps[(comps["compressor_model_id"] == r["compressor_model_id"]) & (comps["task"] == task)
-                     & comps["sample_id"].isin(ids) & comps["error"].isna()]
+        read = preds.loc[preds["cell_id"] == cid, "compression_id"].dropna().astype(int)  # what its predictor read
+        mine = comps[comps["compression_id"].isin(read) & (comps["task"] == task) & comps["sample_id"].isin(ids)
+                     & comps["error"].isna()]
         if wide is not None:
             w = wide[wide.index.isin(mine["compression_id"])]
             for c in TERM_COLUMNS:
@@ -201,9 +218,10 @@ def tune_filter(cfg: RunConfig, *, dev_fraction: float = 0.5, split_seed: int = 
     if not cfg.output.store:
         raise UserError("output.store: tune-filter keeps every setting's numbers in a results store; set one")
     settings = expand_settings(list(cfg.sweep.compressors))
-    bad = [s["model"] for s in settings if not str(s["model"]).startswith("filter/")]
+    bad = [s["model"] for s in settings if str(s["model"]).partition("/")[0] not in ("filter", *LM_BACKENDS)]
     if bad:
-        raise UserError(f"sweep.compressors: tune-filter tunes filter/<kind> compressors; '{bad[0]}' is not one")
+        raise UserError(f"sweep.compressors: tune-filter tunes filter/<kind> and LM (abstractive) compressors; "
+                        f"'{bad[0]}' is neither")
     folder = cfg.output_dir()
     folder.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"name": cfg.name, "objective": objective, "max_rate": max_rate, "metric": metric,
@@ -220,7 +238,7 @@ def tune_filter(cfg: RunConfig, *, dev_fraction: float = 0.5, split_seed: int = 
         rows = []
         for cid, comp in dcells.items():
             n = dnum.get(cid, {})
-            rows.append({"cell_id": cid, "setting": setting_label(comp), "kind": comp["model"].partition("/")[2],
+            rows.append({"cell_id": cid, "setting": setting_label(comp), "kind": setting_kind(comp),
                          "compressor": comp, **{k: v for k, v in n.items() if k != "texts"}})
         rows.sort(key=lambda r: (r["kind"], r["setting"]))
         cand = [r for r in rows if r["kind"] != "ib-oracle"]

@@ -74,11 +74,13 @@ def _tiny_config(tmp_path: Path) -> RunConfig:
         "models": {"compressor": {"model": "filter/full", "tokenizer": "gguf/smollm2-135m"},
                    "predictor": {"model": "gguf/smollm2-135m", "dtype": "float32"},
                    "scorer": {"model": "gguf/smollm2-135m", "dtype": "float32"}},
-        "arms": ["compressed"], "generation": {"predictor": {"max_new_tokens": 8}},
+        "arms": ["compressed"], "generation": {"predictor": {"max_new_tokens": 8},
+                                               "compressor": {"max_new_tokens": 24}},
         "sweep": {"compressors": [{"model": "filter/truncate", "tokenizer": "gguf/smollm2-135m",
                                    "options": {"tokens": [8, 64]}},
                                   {"model": "filter/extractive", "tokenizer": "gguf/smollm2-135m",
-                                   "options": {"sentences": 1}}],
+                                   "options": {"sentences": 1}},
+                                  {"model": "gguf/smollm2-135m", "dtype": "float32", "options": {"max_words": [20]}}],
                   "predictors": ["gguf/smollm2-135m"]},
         "output": {"dir": str(tmp_path / "out"), "store": str(tmp_path / "s.db"),
                    "cache": str(tmp_path / "c.sqlite")}})
@@ -113,7 +115,7 @@ def test_tune_filter_tiny_real_run(tiny_tune: tuple[Path, RunConfig, dict[str, A
     terms = st.rows("compression_terms")
     st.close()
     assert terms  # every filter compression stored its IB terms
-    assert len(t["dev"]) == 3 and all(r["n"] == len(dev) for r in t["dev"])
+    assert len(t["dev"]) == 4 and all(r["n"] == len(dev) for r in t["dev"])
     i = choose(t["dev"], "accuracy")
     assert t["best"] == t["dev"][i]["setting"]
     assert set(t["test"]) == set(t["chosen"].values()) and all(r["n"] == len(test) for r in t["test"].values())
@@ -173,3 +175,65 @@ def test_beta_grids_of_ib_learned_and_ib_oracle() -> None:
     plain = dev_compressors([s[0], s[4]], ["a"])[1]["options"]
     assert plain["beta"] == 1 and plain["budgets"] == [1, 2]
     assert "train_ids" not in s[2]["options"]  # the settings themselves are left as they were
+
+
+def test_lm_compressor_length_knob_keys_and_labels() -> None:
+    """Pure: `max_words` appends one length line to the user prompt, enters the compressions' knob hash and the
+    unit key only when set (a compressor without options keeps its keys), is checked, and labels the setting."""
+    from harness.compressors.lm import lm_options, with_length
+    from harness.config import DEFAULT_PROMPTS, parse_config
+    from harness.pipeline.plan import compression_knob_hash, unit_key_fields
+
+    p = DEFAULT_PROMPTS["compressor"]
+    assert with_length(p, None) == p
+    assert with_length(p, 20).user == p.user + "\nUse at most 20 words." and with_length(p, 20).system == p.system
+
+    def cfg(options: dict[str, Any] | None) -> RunConfig:
+        comp: dict[str, Any] = {"model": "gguf/smollm2-135m"}
+        if options is not None:
+            comp["options"] = options
+        return parse_config({"task": {"name": "synthetic-multidoc", "size": 2},
+                             "models": {"compressor": comp, "predictor": {"model": "gguf/smollm2-135m"}}})
+
+    plain, empty, w20, w50 = cfg(None), cfg({}), cfg({"max_words": 20}), cfg({"max_words": 50})
+    assert compression_knob_hash(plain) == compression_knob_hash(empty)
+    assert unit_key_fields(plain) == unit_key_fields(empty)
+    assert len({compression_knob_hash(c) for c in (plain, w20, w50)}) == 3
+    assert compression_knob_hash(cfg({"max_words": 20, "ib_terms": True})) == compression_knob_hash(w20)
+    with pytest.raises(UserError, match="max_words"):
+        lm_options({"max_words": 0})
+    with pytest.raises(UserError, match="takes only"):
+        lm_options({"tokens": 3})
+    with pytest.raises(Exception, match="takes only"):
+        cfg({"sentences": 2})
+    with pytest.raises(Exception, match="only a compressor takes options"):
+        parse_config({"task": {"name": "synthetic-multidoc"},
+                      "models": {"predictor": {"model": "gguf/smollm2-135m", "options": {"max_words": 3}}}})
+    s = expand_settings([{"model": "gguf/smollm2-135m", "options": {"max_words": [20, 50]}}])
+    assert [setting_label(x) for x in s] == ["abstractive smollm2-135m {max_words: 20}",
+                                             "abstractive smollm2-135m {max_words: 50}"]
+
+
+def test_tune_filter_abstractive_setting(tiny_tune: tuple[Path, RunConfig, dict[str, Any]]) -> None:
+    """The LM compressor (smollm2, float32, 24 new tokens) with `max_words: [20]` on the tiny real run: tune-filter
+    lists it as an abstractive setting with its dev numbers, its compressor prompt carries the length line, and
+    every one of its compressions has IB terms rows from the scorer (as every filter compression)."""
+    import json
+
+    from harness.store import Store
+
+    tmp_path, _, res = tiny_tune
+    t = res["tasks"]["synthetic-multidoc"]
+    [row] = [r for r in t["dev"] if r["kind"] == "abstractive"]
+    assert row["setting"] == "abstractive smollm2-135m {max_words: 20}" and row["n"] == len(t["dev_ids"])
+    assert row["rate"] is not None and row["ib_score"] is not None and "abstractive" in t["chosen"]
+    st = Store.open(str(tmp_path / "s.db"))
+    comps = [c for c in st.rows("compressions") if c["prompt_json"] and "Use at most 20 words." in c["prompt_json"]]
+    assert len(comps) == len(t["dev_ids"]) + len(t["test_ids"])  # dev, then the chosen setting once on test
+    msgs = json.loads(comps[0]["prompt_json"])
+    assert "Use at most 20 words." in json.dumps(msgs)
+    for c in comps:
+        terms = st.compression_terms(c["compression_id"])
+        assert {"conciseness_bits", "correctness_bits", "ib_score", "compression_rate", "abstain"} <= set(terms)
+        assert terms["conciseness_bits"] > 0 and terms["abstain"] == float(c["text"].strip() == "")
+    st.close()

@@ -45,5 +45,10 @@ def make_compressor(cfg: RunConfig, mc: ModelConfig | None = None, *, field: str
                             "tokenizer; set one, e.g. tokenizer: gguf/smollm2-135m")
         tb = make_backend(ModelConfig(model=tok), field=f"{field.rsplit('.', 1)[0]}.tokenizer")
         return PythonCompressor(mc.model, mc.options, tokenizer=tb, field=field)
-    be = make_backend(mc, field=field, cache=cache)
-    return LMCompressor(mc.model, be, cfg.prompts.compressor, params_from(cfg.generation.compressor, cfg.seed))
+    from harness.compressors.lm import lm_ib_scorer
+
+    be = make_backend(mc.model_copy(update={"options": {}}), field=field, cache=cache)
+    ib = lm_ib_scorer(cfg, mc, be, scorer_backend=scorer_backend, cache=cache)
+    return LMCompressor(mc.model, be, cfg.prompts.compressor, params_from(cfg.generation.compressor, cfg.seed),
+                        options=mc.options, ib=ib, field=field.rsplit(".", 1)[0],
+                        owns_scorer=ib is not None and scorer_backend is None)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from harness.compressors.base import CompressInput, text_compression
-from harness.compressors.ib import BETA, IBTerms, compression_row
+from harness.compressors.ib import BETA, IBTerms, terms_row
 from harness.errors import UserError
 from harness.records import Generation, GenParams, ModelIdentity, Sample, stable_hash
 
@@ -319,12 +319,7 @@ class FilterCompressor:
             return None
         if terms is None:
             terms = self.ib.terms(sample, [text], retrieved_tokens=self._tokens(sample.context))[0]
-        row = compression_row(sample, text, terms, float(self.options.get("beta", BETA)))
-        keys = ("conciseness_bits", "correctness_bits", "ib_score", "beta", "compression_rate", "tokens",
-                "retrieved_tokens", "support_precision", "support_recall")
-        out: dict[str, float | None] = {k: row.get(k) for k in keys if k in row}
-        out["abstain"] = float(text == "")
-        return out
+        return terms_row(sample, text, terms, float(self.options.get("beta", BETA)))
 
     @property
     def scorer(self) -> Any:

@@ -134,9 +134,23 @@ def compression_row(sample: Sample, text: str, terms: IBTerms, beta: float = BET
     return {"sample_id": sample.id, **terms.to_json(beta), **gold_support(sample.meta, text)}
 
 
+TERM_KEYS = ("conciseness_bits", "correctness_bits", "ib_score", "beta", "compression_rate", "tokens",
+             "retrieved_tokens", "support_precision", "support_recall")
+
+
+def terms_row(sample: Sample, text: str, terms: IBTerms, beta: float = BETA) -> dict[str, float | None]:
+    """The `compression_terms` values of one compression (a filter's or an LM's): conciseness, correctness,
+    ib_score, beta, compression rate, token counts, gold-support precision/recall where labelled, abstain."""
+    row = compression_row(sample, text, terms, beta)
+    out: dict[str, float | None] = {k: row.get(k) for k in TERM_KEYS if k in row}
+    out["abstain"] = float(text == "")
+    return out
+
+
 def store_terms(store: Any, compression_id: int | None, g: Any, run_id: str | None = None) -> None:
     """Write a filter compression's IB terms (`FilterGeneration.terms`) to the store's compression_terms, keyed by
-    the scorer that gave them; nothing for a compression without terms (an LM's, or a filter with no scorer)."""
+    the scorer that gave them; nothing for a compression without terms (an LM's without `ib_terms`, a filter with no
+    scorer)."""
     terms = getattr(g, "terms", None)
     if not terms or compression_id is None:
         return

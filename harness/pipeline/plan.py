@@ -80,6 +80,9 @@ def compression_knobs(cfg: RunConfig) -> dict[str, Any]:
     for k in LATER_SECTIONS:  # e.g. retrieval decides the context the compressor reads
         if getattr(cfg, k, None) is not None:
             knobs[k] = getattr(cfg, k).model_dump(mode="json")
+    mc = cfg.models.compressor
+    if mc is not None and mc.backend in LM_BACKENDS and mc.options.get("max_words") is not None:
+        knobs["max_words"] = mc.options["max_words"]  # an LM's length instruction, in the key only when set
     return knobs
 
 

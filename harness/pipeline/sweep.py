@@ -29,6 +29,7 @@ from harness.backends.registry import make_backend
 from harness.compressors import CompressInput, Compressor, LMCompressor, make_compressor
 from harness.compressors.filters import filter_scorer_config
 from harness.compressors.ib import store_terms
+from harness.compressors.lm import lm_ib_scorer
 from harness.config import LM_BACKENDS, ModelConfig, RunConfig
 from harness.cost import model_meta
 from harness.errors import UserError
@@ -143,6 +144,8 @@ class Sweep:
 
     @staticmethod
     def _mkey(mc: ModelConfig) -> str:
+        if mc.options and mc.backend in LM_BACKENDS:  # an LM compressor's options shape its prompt, not its backend
+            mc = mc.model_copy(update={"options": {}})
         return knob_hash(model_key_fields(mc))
 
     def _backend(self, mc: ModelConfig, field: str) -> Any:
@@ -169,8 +172,11 @@ class Sweep:
         if u.compressor.backend not in LM_BACKENDS:
             return obj
         rc = u.cfg
+        ib = lm_ib_scorer(rc, u.compressor, obj, scorer_backend=self._filter_scorer()) \
+            if u.compressor.options.get("ib_terms") else None  # IB terms of an LM's compressions (issue #13)
         return LMCompressor(u.compressor.model, obj, rc.prompts.compressor, params_from(rc.generation.compressor,
-                                                                                         rc.seed))
+                                                                                         rc.seed),
+                            options=u.compressor.options, ib=ib, field="sweep.compressors")
 
     def _model_id(self, mc: ModelConfig, field: str) -> int:
         k = self._mkey(mc)
