@@ -273,9 +273,11 @@ class ResearchConfig(_Strict):
     and summarise for each, the predictor answers from the summaries; up to `rounds` rounds of subqueries.
 
     `compressors`: one compressor-predictor cell per entry (a spec, or a full role config; default
-    `models.compressor`). `corpus`: `task` (every sample's passages, deduplicated) or a folder of .txt/.md/.jsonl.
-    `protocol`: how the predictor plans: `json` (a JSON reply) or `tools` (an OpenAI tool call it is made to make;
-    an openai/ predictor only).
+    `models.compressor`). `corpus`: `task` (every sample's passages, deduplicated), `sample` (each sample searches
+    only its own passages: the setting where a group's samples, one question text over different worlds, share their
+    subqueries, so a top-level `mi:` section can estimate the summaries' I(X;Z|Q), `harness.research.mi`) or a
+    folder of .txt/.md/.jsonl. `protocol`: how the predictor plans: `json` (a JSON reply) or `tools` (an OpenAI
+    tool call it is made to make; an openai/ predictor only).
     """
 
     arms: list[Literal["compressor-predictor", "predictor-only", "no-retrieval", "oracle-evidence"]] = Field(
@@ -302,8 +304,9 @@ class ResearchConfig(_Strict):
     @field_validator("corpus")
     @classmethod
     def _corpus(cls, v: str) -> str:
-        if not v.strip() or v == "sample":
-            raise ValueError("write 'task' (every sample's passages) or a folder of .txt/.md/.jsonl files")
+        if not v.strip():
+            raise ValueError("write 'task' (every sample's passages), 'sample' (each sample searches its own "
+                             "passages) or a folder of .txt/.md/.jsonl files")
         return v
 
 
@@ -366,9 +369,11 @@ class RunConfig(_Strict):
                     and self.models.compressor is None:
                 raise ValueError("research.arms includes 'compressor-predictor' but neither research.compressors "
                                  "nor models.compressor is set; add a compressor or drop the arm")
-            if self.sweep is not None or self.mi is not None or self.retrieval is not None:
-                raise ValueError("research: cannot be combined with sweep:, mi: or retrieval: (it searches its own "
+            if self.sweep is not None or self.retrieval is not None:
+                raise ValueError("research: cannot be combined with sweep: or retrieval: (it searches its own "
                                  "corpus per subquery); remove them")
+            if self.mi is not None and "scorer" in self.mi.scorers and self.models.scorer is None:
+                raise ValueError("mi.scorers lists 'scorer' but models.scorer is not set; add a scorer model")
             return self
         if "compressed" in self.arms and self.models.compressor is None:
             raise ValueError(

@@ -10,6 +10,7 @@ killed mid-episode continues at its first missing step (the stored steps are rea
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
@@ -130,7 +131,7 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
     from harness.records import GenParams
     from harness.research.driver import drive
     from harness.research.episode import Context, Trace, episode
-    from harness.research.search import SearchTool, research_corpus
+    from harness.research.search import SampleSearch, SearchTool, research_corpus
     from harness.store import Store
 
     rc = cfg.research
@@ -148,6 +149,8 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
         (f"research.compressors[{i}]", mc) for i, mc in enumerate(comps.values())]
     if cfg.models.judge is not None:
         models.append(("models.judge", cfg.models.judge))
+    if cfg.mi is not None and "scorer" in cfg.mi.scorers and cfg.models.scorer is not None:
+        models.append(("models.scorer", cfg.models.scorer))  # the summaries' MI, scored by a proxy
     check_models(models)
     samples: list[Sample] = load_samples(cfg.task)
     search = None
@@ -155,8 +158,9 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
         docs = research_corpus(rc.corpus, samples, retriever=rc.retriever, embedder=rc.embedder)
     announce(models)
     cache = ResponseCache(cfg.output.cache) if cfg.output.cache else None
-    if {"compressor-predictor", "predictor-only"} & set(rc.arms):
-        search = SearchTool(docs, rc.retriever, rc.embedder, cache)
+    if {"compressor-predictor", "predictor-only"} & set(rc.arms):  # corpus sample: each sample its own tool
+        search = SearchTool(docs, rc.retriever, rc.embedder, cache) if docs is not None else SampleSearch(
+            rc.retriever, rc.embedder, cache)
     backends: dict[str, Any] = {"predictor": make_backend(cfg.models.predictor, field="models.predictor.model",
                                                           cache=cache)}
     for spec, mc in comps.items():
@@ -178,7 +182,7 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
         store.upsert_cell(cell_id=c.cell_id, run_id=run_id, task=cfg.task.name,
                           predictor_model_id=model_ids["predictor"], arm=c.arm,
                           compressor_model_id=model_ids[c.comp_key] if c.compressor is not None else None,
-                          knobs={**knobs_base, "research_arm": c.arm,
+                          knobs={**knobs_base, "research_arm": c.arm, "knob_hash": c.knob_hash,
                                  "compressor": c.compressor.model if c.compressor else None})
     (out_dir / "run.json").write_text(json.dumps({"run_id": run_id, "config": cfg.model_dump(mode="json"),
                                                   "cells": [c.cell_id for c in cells]}, indent=2, default=str))
@@ -270,7 +274,8 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
             tr = Trace(c.cell_id, s.id, {int(r["step"]): r for r in steps.get(s.id, [])}, sink)
             old = preds.get(s.id, [])
             counts["episodes"] += 1
-            eps.append((episode(ctx, s, tr), lambda out, c=c, s=s, tr=tr, old=old: finish(c, s, tr, old, out)))
+            sctx = dataclasses.replace(ctx, search=search(s)) if isinstance(search, SampleSearch) else ctx
+            eps.append((episode(sctx, s, tr), lambda out, c=c, s=s, tr=tr, old=old: finish(c, s, tr, old, out)))
 
     def on_batch(role: str, n: int) -> None:
         if not quiet:
@@ -280,6 +285,8 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
     if judge_todo:
         _judge(cfg, cache, store, run_id, judge_todo, judge_cell)
     trace_file.close()
+    mi_rows = _summaries_mi(cfg, cells, samples, search, store, run_id, backends, model_ids, cache, fit) \
+        if cfg.mi is not None and search is not None else {}
     from harness.analyze.research import research_summary
 
     summary = research_summary(store.url, [c.cell_id for c in cells])
@@ -287,7 +294,7 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
                    requests=sent, **counts, wall_seconds=round(time.time() - t0, 2),
                    model_loads=STATS["model_loads"] - stats0.get("model_loads", 0),
                    model_calls=sum(STATS[k] - stats0.get(k, 0) for k in ("generate_requests", "score_requests")),
-                   search_queries=search.searched if search is not None else 0)
+                   search_queries=search.searched if search is not None else 0, summaries_mi=mi_rows)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     (out_dir / "table.md").write_text(summary["table"])
     store.finish_run(run_id, "done")
@@ -295,6 +302,39 @@ def _run(cfg: RunConfig, *, quiet: bool, started: dict[str, Any]) -> dict[str, A
     if cache is not None:
         cache.close()
     return summary
+
+
+def _summaries_mi(cfg: RunConfig, cells: list[Cell], samples: list[Sample], search: Any, store: Any, run_id: str,
+                  backends: dict[str, Any], model_ids: dict[str, int], cache: Any, fit: Any
+                  ) -> dict[str, list[dict[str, Any]]]:
+    """`mi:` in a research config: each compressor-predictor cell's summaries' I(X;Z|Q) over the subqueries its
+    episodes share within a question group (`harness.research.mi`), per `mi.scorers` ("self": the compressor with
+    exact ids; "scorer": `models.scorer`, a proxy). Returns cell id -> pooled rows."""
+    from harness.backends.registry import make_backend
+    from harness.cost import model_meta
+    from harness.research.mi import research_mi
+    from harness.research.search import SampleSearch
+
+    assert cfg.mi is not None
+    proxy = None
+    if "scorer" in cfg.mi.scorers and cfg.models.scorer is not None:
+        be = make_backend(cfg.models.scorer, field="models.scorer.model", cache=cache)
+        proxy = ("scorer", be, store.model_id(be.identity(), model_meta(cfg.models.scorer, be)))
+    out: dict[str, list[dict[str, Any]]] = {}
+    try:
+        for c in cells:
+            if c.arm != "compressor-predictor" or c.compressor is None:
+                continue
+            comp = backends[c.comp_key]
+            scorers = ([("self", comp, model_ids[c.comp_key])] if "self" in cfg.mi.scorers else []) + (
+                [proxy] if proxy is not None else [])
+            out[c.cell_id] = research_mi(
+                cfg, c, samples, search if isinstance(search, SampleSearch) else (lambda _s: search), store, run_id,
+                comp, model_ids[c.comp_key], scorers, lambda build, text, c=c: fit(c.comp_key, build, text))
+    finally:
+        if proxy is not None:
+            proxy[1].close()
+    return out
 
 
 def _judge(cfg: RunConfig, cache: Any, store: Any, run_id: str, todo: list[tuple[int, Sample, str]],

@@ -25,14 +25,19 @@ class Hit:
 
 
 def research_corpus(corpus: str, samples: Sequence[Sample], field: str = "research.corpus", retriever: str = "bm25",
-                    embedder: str = "minilm-l6") -> list[Document]:
+                    embedder: str = "minilm-l6") -> list[Document] | None:
     """`task`: every sample's passages pooled and deduplicated by id (FinanceBench: the evidence pages of all its
-    companies); else the passages of a folder of .txt/.md/.jsonl files. The corpus, retriever and embedder are
-    checked once (`check_retrieval`), which parses the folder once."""
+    companies); `sample`: None (each sample searches its own passages, `sample_search`); else the passages of a
+    folder of .txt/.md/.jsonl files. The corpus, retriever and embedder are checked once (`check_retrieval`), which
+    parses the folder once."""
     from harness.retrieval.apply import shared_corpus
 
     rc = RetrievalConfig(corpus=corpus, retriever=retriever, embedder=embedder)  # type: ignore[arg-type]
     docs = shared_corpus(rc, samples, field.rpartition(".")[0] or "research")
+    if corpus == "sample":
+        if not any(s.documents for s in samples):
+            raise UserError(f"{field}: sample: the task's samples have no passages to search; point it at a folder")
+        return None
     if docs is None or (corpus == "task" and not docs):
         raise UserError(f"{field}: the task's samples have no passages to search; point it at a folder")
     return docs
@@ -70,6 +75,23 @@ class SearchTool:
     def hit(self, doc_id: str, rank: int = 0, score: float = 0.0) -> Hit:
         d = self.by_id[doc_id]
         return Hit(d.id, rank, score, d.title, d.text)
+
+
+class SampleSearch:
+    """`research.corpus: sample`: one `SearchTool` per sample over its own passages, built on first use."""
+
+    def __init__(self, retriever: str = "bm25", embedder: str = "minilm-l6", cache: Any = None):
+        self.retriever, self.embedder, self.cache = retriever, embedder, cache
+        self.tools: dict[str, SearchTool] = {}
+
+    def __call__(self, sample: Sample) -> SearchTool:
+        if sample.id not in self.tools:
+            self.tools[sample.id] = SearchTool(sample.documents, self.retriever, self.embedder, self.cache)
+        return self.tools[sample.id]
+
+    @property
+    def searched(self) -> int:
+        return sum(t.searched for t in self.tools.values())
 
 
 def passages_text(hits: Sequence[Hit]) -> str:
