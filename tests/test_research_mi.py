@@ -94,6 +94,8 @@ def test_summaries_mi_of_a_group_sharing_its_subqueries(tmp_path, plan_cache, co
     assert len(groups) == pooled["shared_subqueries"] >= 1 and groups["error"].isna().all()
     assert pooled["n_contexts"] == 2 * len(groups)
     assert pooled["bits"] <= 1.0 + 1e-9  # log2 N with N = 2 contexts
+    # the run's table and the report's note show it
+    assert "summary MI bits" in summary["table"] and f"{pooled['bits']:.3f} bits [" in summary["table"]
     assert math.isclose(pooled["bits_per_token"], pooled["bits"] / _pooled(fr)["mean_tokens"].iloc[0], rel_tol=1e-9)
     # the cell table's MI columns read the pooled row
     from harness.analyze.frames import cell_frame

@@ -85,6 +85,10 @@ def research_frames(frames: dict[str, pd.DataFrame], cell_ids: Sequence[str] | N
                     pay = json.loads(pj) if isinstance(pj, str) else (pj or {})
                     early += bool(pay.get("early_stop")) and not err
                     plan_fail += isinstance(err, str) and err.startswith("planning failure")
+        if row.get("mi_mode") != "research":  # a research cell's MI is its summaries' (harness.research.mi) only
+            for k in ("mi_bits", "mi_lo", "mi_hi", "mi_mc_se", "bits_per_token"):
+                if k in row:
+                    row[k] = None
         row["rounds_mean"] = float(np.mean(rounds)) if rounds else None
         row["early_stops"] = int(early)
         row["planning_failures"] = int(plan_fail)
@@ -142,6 +146,9 @@ def research_table(cells: pd.DataFrame) -> str:
     judged = "judge_prompt_tokens" in cells and cells["judge_prompt_tokens"].notna().any()
     if judged:
         head += ["judge tok in/out", "judge $"]
+    has_mi = "mi_bits" in cells and cells["mi_bits"].notna().any()
+    if has_mi:
+        head += ["summary MI bits [95% CI]", "bits/token"]
     rows = []
     order = {"no-retrieval": 0, "predictor-only": 1, "compressor-predictor": 2, "oracle-evidence": 3}
     cells = cells.assign(_o=cells["arm"].map(order).fillna(9), _p=cells["compressor_params"].fillna(0))
@@ -162,12 +169,38 @@ def research_table(cells: pd.DataFrame) -> str:
                      fmt(None if pf is None else pf / 1e9, ".1f"), tok("compressor"),
                      fmt(None if cf is None else cf / 1e9, ".1f"),
                      fmt(sum(tot) / 1e9 if tot else None, ".1f"), fmt(sum(secs) if secs else None, ".1f")]
-                    + ([tok("judge"), fmt(r["judge_dollars"], ".5f")] if judged else []))
+                    + ([tok("judge"), fmt(r["judge_dollars"], ".5f")] if judged else [])
+                    + ([fmt(r["mi_bits"], ".3f") + ("" if is_null(r["mi_lo"]) else
+                                                     f" [{r['mi_lo']:.2f}, {r['mi_hi']:.2f}]"),
+                        fmt(r["bits_per_token"], ".4f")] if has_mi else []))
     return md_table(head, rows)
 
 
 def mi_note(frames: dict[str, pd.DataFrame], cells: pd.DataFrame) -> str:
-    """Why the summaries' bits per token are (not) estimated for these cells."""
+    """The summaries' MI where estimated (`harness.research.mi`, a research config with `mi:`), else why not."""
+    mi = frames.get("mi_estimates", pd.DataFrame())
+    comp = cells[cells["arm"] == "compressor-predictor"]
+    if len(mi) and len(comp) and "mode" in mi:
+        raw_knobs = dict(zip(frames["cells"]["cell_id"], frames["cells"]["knobs_json"], strict=True))
+        lines = []
+        for _, r in comp.iterrows():
+            kj = raw_knobs.get(r["cell_id"])
+            kh = json.loads(kj).get("knob_hash") if isinstance(kj, str) and kj else None
+            m = mi[(mi["mode"] == "research") & (mi["knob_hash"] == kh) & (mi["group_id"] == "")]
+            if kh is None or m.empty:
+                continue
+            m = m.sort_values("mi_id").iloc[-1]
+            det = json.loads(m["detail_json"]) if isinstance(m["detail_json"], str) else {}
+            if isinstance(m["error"], str):
+                lines.append(f"- {r['compressor']}: {m['error']}")
+            else:
+                lines.append(f"- {r['compressor']}: {m['bits']:.3f} bits [{m['ci_lo']:.2f}, {m['ci_hi']:.2f}] over "
+                             f"{int(m['n_contexts'])} contexts of {det.get('shared_subqueries')} shared subqueries "
+                             f"(M = {int(m['n_samples'])}, scored by {det.get('scorer')}), "
+                             f"{m['bits_per_token']:.4f} bits per token of {m['mean_tokens']:.1f}-token summaries")
+        if lines:
+            return ("MI (the summaries' I(X;Z|Q): Q a subquery several samples of one question group share, X the "
+                    "passages each sample's search returned, log2 N the ceiling):\n" + "\n".join(lines))
     s = frames["samples"]
     tasks = set(cells["task"])
     s = s[s["task"].isin(tasks)]
@@ -182,10 +215,9 @@ def mi_note(frames: dict[str, pd.DataFrame], cells: pd.DataFrame) -> str:
                 f"group in these cells has one sample ({len(sizes)} groups). With a pooled corpus that is the only "
                 "sound setting for synthetic-multidoc: a group's samples name the same entities with different facts, "
                 "so pooling two of them would put contradicting passages in one corpus.")
-    return (f"MI (bits per token of the summaries): {multi} question group(s) have several samples, but a research "
-            "episode's subqueries are the predictor's own words and differ between samples, and each summary reads "
-            "the passages retrieved for its own subquery: there is no shared (question, context set) to swap contexts "
-            "under, so the conditional estimator I(X;Z|Q) is not computed for research cells.")
+    return (f"MI (bits per token of the summaries): {multi} question group(s) have several samples, but it was not "
+            "estimated: add an `mi:` section to the research config (with research.corpus: sample, each sample "
+            "searches its own passages, so a subquery the group shares is asked of different contexts).")
 
 
 def label_boxes(anchors: Any, sizes: Any, offset: tuple[float, float] = (4.0, 4.0), gap: float = 2.0,
