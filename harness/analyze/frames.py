@@ -214,18 +214,19 @@ def sample_status(frames: dict[str, pd.DataFrame], cell: pd.Series, preds: pd.Da
     return pd.concat([preds, add], ignore_index=True)
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_knobs(d: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested knobs dict as dotted keys (lists and dicts below the leaves as JSON text)."""
     if isinstance(d, dict):
         out: dict[str, Any] = {}
         for k, v in d.items():
-            out |= _flatten(v, f"{prefix}{k}.")
+            out |= flatten_knobs(v, f"{prefix}{k}.")
         return out
     return {prefix[:-1]: json.dumps(d, sort_keys=True) if isinstance(d, (list, dict)) else d}
 
 
 def knob_summaries(knobs_json: pd.Series) -> list[str]:
     """Per cell, the knobs that differ between the cells ("k=v, ..."), "-" when none differ."""
-    flat = [_flatten(json.loads(k) if isinstance(k, str) and k else {}) for k in knobs_json]
+    flat = [flatten_knobs(json.loads(k) if isinstance(k, str) and k else {}) for k in knobs_json]
     keys = sorted({k for f in flat for k in f})
     # knob_hash only identifies the compressions a cell reads; the arm and compressor columns already differ
     varying = [k for k in keys if k != "knob_hash" and len({json.dumps(f.get(k), default=str) for f in flat}) > 1]

@@ -346,14 +346,53 @@ def research_section(frames: dict[str, pd.DataFrame], folder: Path, run_id: str 
         cells = cells[cells["run_id"] == run_id]
     if cells.empty:
         return [], [], []
-    L = ["## Deep-Research", "", research_table(cells), ""]
-    for h in headlines(cells, preds):
-        L.append(f"- **{h['line']}**")
-    L += ["", mi_note(frames, cells), ""]
-    files = frontier_plot(cells, folder / "research_frontier.png")
-    if files:
-        L += [f"![cost–accuracy frontier]({files[0].name})", ""]
-    return L, files[:1], files
+    groups = config_groups(frames, cells)
+    L, pngs, files = ["## Deep-Research", ""], [], []
+    if len(groups) > 1:
+        L += [f"{len(groups)} research configs in this store (a cell id's `research-<hash>` prefix), newest first; "
+              "configs whose cells answered nothing are left out.", ""]
+    for k, (base, label, cg) in enumerate(groups):
+        if len(groups) > 1:
+            L += [f"### {label}", ""]
+        L += [research_table(cg), ""]
+        for h in headlines(cg, preds):
+            L.append(f"- **{h['line']}**")
+        L += ["", mi_note(frames, cg), ""]
+        f = frontier_plot(cg, folder / ("research_frontier.png" if k == 0 else f"research_frontier-{base}.png"))
+        if f:
+            L += [f"![cost–accuracy frontier]({f[0].name})", ""]
+            pngs.append(f[0])
+            files += f
+    return L, pngs, files
+
+
+def config_groups(frames: dict[str, pd.DataFrame], cells: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """The research cells by config (`research-<hash>`, the cell id's prefix), newest run first, without configs
+    none of whose cells has a sample: (hash, label, cells). The label names the config's run and the settings that
+    differ between the configs (pure over the frames)."""
+    from harness.analyze.frames import flatten_knobs
+
+    base = cells["cell_id"].astype(str).str.split("/").str[0]
+    runs = frames["runs"].set_index("run_id")
+    knobs = dict(zip(frames["cells"]["cell_id"], frames["cells"]["knobs_json"], strict=True))
+    out, flat = [], {}
+    for b, cg in cells.groupby(base, sort=False):
+        if not (pd.to_numeric(cg["samples"], errors="coerce").fillna(0) > 0).any():
+            continue
+        kj = knobs.get(cg["cell_id"].iloc[0])
+        d = flatten_knobs({k: v for k, v in (json.loads(kj) if isinstance(kj, str) and kj else {}).items()
+                      if k not in ("research_arm", "compressor", "knob_hash")})
+        flat[str(b)] = d
+        rid = cg["run_id"].max()
+        out.append((str(b), rid, cg))
+    keys = sorted({k for d in flat.values() for k in d})
+    differ = [k for k in keys if len({json.dumps(d.get(k), default=str) for d in flat.values()}) > 1]
+    res = []
+    for b, rid, cg in sorted(out, key=lambda t: str(t[1]), reverse=True):
+        name = runs["name"].get(rid, "") if rid in runs.index else ""
+        diff = ", ".join(f"{k}: {json.dumps(flat[b].get(k), default=str)}" for k in differ)
+        res.append((b, f"{name} ({b}, run {rid})" + (f": {diff}" if diff else ""), cg))
+    return res
 
 
 def format_trace(steps: Sequence[dict[str, Any]], width: int = 400) -> str:
