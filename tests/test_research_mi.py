@@ -131,3 +131,25 @@ def test_summaries_mi_of_a_group_sharing_its_subqueries(tmp_path, plan_cache, co
                 assert stored == pytest.approx(0.0, abs=1e-9)
     finally:
         be.close()
+
+
+def test_report_groups_research_cells_by_config_and_drops_empty_ones():
+    """Pure: three configs in one store; the one whose cells answered nothing is left out, the others are labelled
+    with their run and the one setting that differs, newest first."""
+    import pandas as pd
+
+    from harness.analyze.research import config_groups
+
+    def knobs(tokens: int) -> str:
+        return json.dumps({"research": {"plan_max_new_tokens": tokens, "top_k": 3}, "research_arm": "x",
+                           "knob_hash": "h", "seed": 0})
+
+    ids = ["research-a/no-retrieval", "research-a/predictor-only", "research-b/no-retrieval", "research-c/no-retrieval"]
+    runs = ["r2", "r2", "r1", "r3"]
+    frames = {"runs": pd.DataFrame({"run_id": ["r1", "r2", "r3"], "name": ["dr", "dr", "dr"]}),
+              "cells": pd.DataFrame({"cell_id": ids, "knobs_json": [knobs(128), knobs(128), knobs(48), knobs(64)]})}
+    cells = pd.DataFrame({"cell_id": ids, "run_id": runs, "samples": [3, 3, 3, 0]})
+    out = config_groups(frames, cells)
+    assert [b for b, _, _ in out] == ["research-a", "research-b"]  # r2 newer than r1; research-c has no samples
+    assert out[0][1] == "dr (research-a, run r2): research.plan_max_new_tokens: 128"
+    assert list(out[0][2]["cell_id"]) == ids[:2]
