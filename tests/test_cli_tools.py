@@ -437,3 +437,17 @@ def test_transformers_generate_skips_the_bar_criterion_when_no_bar_is_drawn(smol
     with progress_bar(2, "predict", quiet=False):
         drawn = smollm2.generate(reqs)
     assert [g.token_ids for g in quiet] == [g.token_ids for g in drawn]
+
+
+def test_lenient_metric_is_contains_for_text_and_the_tasks_own_for_numbers() -> None:
+    """Pure: `lenient` counts "In 1987." for gold "1987" on a text sample (exact match does not), and matches a
+    number sample numerically (1200.4 is within 1% of 1200, and contains would miss it)."""
+    from harness.analyze.rescore import METRICS, lenient
+    from harness.records import Sample
+
+    text = Sample(id="t", question="q", documents=(), answers=("1987",), answer_type="text")
+    num = Sample(id="n", question="q", documents=(), answers=("1200",), answer_type="number")
+    assert lenient(text, "In 1987.").correct and not METRICS["exact_match"][0](text, "In 1987.").correct
+    assert lenient(num, "It was 1200.4").correct and not METRICS["contains"][0](num, "It was 1200.4").correct
+    assert not lenient(num, "It was 1300").correct
+    assert "lenient" in METRICS

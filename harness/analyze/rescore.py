@@ -43,6 +43,12 @@ def contains(sample: Sample, prediction: str) -> MetricResult:
     return MetricResult("contains", float(hit is not None), hit is not None, hit, flags)
 
 
+def lenient(sample: Sample, prediction: str) -> MetricResult:
+    """`contains` for short text answers, the task's own metric (numeric match, option letter…) for the rest: one
+    metric for a config whose tasks answer in text and in numbers."""
+    return contains(sample, prediction) if sample.answer_type == "text" else score_prediction(sample, prediction)
+
+
 METRICS: dict[str, tuple[Callable[[Sample, str], MetricResult], str]] = {
     "auto": (score_prediction, "the task's own metric (by answer type), as the run scored it"),
     "exact_match": (_as_type("text"), "exact match against any gold alias (token F1 in the detail)"),
@@ -50,6 +56,7 @@ METRICS: dict[str, tuple[Callable[[Sample, str], MetricResult], str]] = {
     "numeric_match": (_as_type("number"), "the first number within 1% of a gold number"),
     "mc_accuracy": (_as_type("choice"), "the parsed option letter or text against the gold option"),
     "contains": (contains, "a gold alias (≥ 2 characters) occurs in the answer"),
+    "lenient": (lenient, "contains for text answers, the task's own metric for numbers and options"),
 }
 
 

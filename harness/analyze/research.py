@@ -212,9 +212,11 @@ def mi_note(frames: dict[str, pd.DataFrame], cells: pd.DataFrame) -> str:
     if multi == 0:
         return ("MI (bits per token of the summaries): does not apply here. The estimator needs several contexts "
                 "behind one question text (a group), so that a summary can be scored under each; every question "
-                f"group in these cells has one sample ({len(sizes)} groups). With a pooled corpus that is the only "
-                "sound setting for synthetic-multidoc: a group's samples name the same entities with different facts, "
-                "so pooling two of them would put contradicting passages in one corpus.")
+                f"group in these cells has one sample ({len(sizes)} groups)."
+                + (" With a pooled corpus that is the only sound setting for synthetic-multidoc: a group's samples "
+                   "name the same entities with different facts, so pooling two of them would put contradicting "
+                   "passages in one corpus (research.corpus: sample and an `mi:` section estimate it: "
+                   "configs/deep-research-mi.yaml)." if any(str(t).startswith("synthetic") for t in tasks) else ""))
     return (f"MI (bits per token of the summaries): {multi} question group(s) have several samples, but it was not "
             "estimated: add an `mi:` section to the research config (with research.corpus: sample, each sample "
             "searches its own passages, so a subquery the group shares is asked of different contexts).")
