@@ -162,14 +162,16 @@ def sweep(config: ConfigLike, *, overrides: Mapping[str, Any] | None = None, ret
     return res
 
 
-def report(store: str | Path, out: str | Path | None = None, *, run_id: str | None = None) -> Report:
+def report(store: str | Path, out: str | Path | None = None, *, run_id: str | None = None,
+           metric: str | None = None) -> Report:
     """Write the markdown report with plots for a results store (as `harness report`); returns what it wrote
-    (`.path`, `.folder`, `.cells`, `.plots`). out: the folder (default `results/report-<store name>`)."""
+    (`.path`, `.folder`, `.cells`, `.plots`). out: the folder (default `results/report-<store name>`); metric: the
+    stored metric to count (`harness report --metric`)."""
     from harness.analyze.report import build_report
     from harness.preflight import check_store_url
 
     check_store_url(str(store), "store", must_exist=True, write=False)
-    return build_report(store, out, run_id=run_id)
+    return build_report(store, out, run_id=run_id, metric=metric)
 
 
 def compare(store: str | Path, cell_a: str, cell_b: str, *, n_boot: int = 2000, seed: int = 0) -> Comparison:

@@ -206,7 +206,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     check_store_url(args.store, "store", must_exist=True, write=False)
 
-    rep = build_report(args.store, args.out, run_id=args.run)
+    rep = build_report(args.store, args.out, run_id=args.run, metric=args.metric)
     print(f"report: {rep.path}  ({len(rep.cells)} cells, {len(rep.plots)} plots as PNG, SVG and PDF)")
     print(f"html:   {rep.html}  (one self-contained file, plots inlined)")
     return 0
@@ -381,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("store", help="results store: a SQLite file or a postgresql:// URL")
     rp.add_argument("--out", default=None, help="output folder (default results/report-<store name>)")
     rp.add_argument("--run", default=None, metavar="RUN_ID", help="only this run's cells")
+    rp.add_argument("--metric", default=None, metavar="NAME", help="count this metric's scores where stored "
+                    "(e.g. one `harness rescore` or `tune-filter --metric` added; default: the judge's, else the "
+                    "first metric by name)")
     rp.set_defaults(fn=cmd_report)
     cp = sub.add_parser("compare", help="paired comparison of two cells of a results store")
     cp.add_argument("store")

@@ -299,6 +299,15 @@ def test_rescore_real_store_adds_rows_and_never_overwrites(real: dict[str, Any],
         flips[0] += int(want and not old[p["prediction_id"]])
         flips[1] += int(old[p["prediction_id"]] and not want)
     assert f"flips against the counted verdicts: {flips[0]} wrong→right, {flips[1]} right→wrong" in out
+    # the report counts the metric it is told to (default: the first stored by name, here contains)
+    pred_cell = {p["prediction_id"]: p["cell_id"] for p in preds}
+    for metric, rows in (("exact_match", before), ("contains", list(new.values()))):
+        assert main(["report", store, "--metric", metric, "--out", str(tmp_path / metric)]) == 0
+        got = pd.read_csv(tmp_path / metric / "cells.csv").set_index("cell_id")["accuracy"]
+        v = pd.Series({r["prediction_id"]: float(bool(r["correct"])) for r in rows})
+        want = v.groupby(v.index.map(pred_cell)).mean()
+        assert len(want) == 2 and all(got[c] == pytest.approx(a) for c, a in want.items()), (metric, got, want)
+    capsys.readouterr()
     # the same again: all unchanged; a different metric under a stored name: kept, counted as differing
     assert main(["rescore", store, "--metric", "contains"]) == 0
     assert f"added 0 score rows; {2 * SAMPLES} unchanged" in capsys.readouterr().out

@@ -76,10 +76,13 @@ def default_out_dir(url: str | Path) -> Path:
 
 
 def build_report(
-    url: str | Path, out: str | Path | None = None, run_id: str | None = None, n_boot: int = 1000, seed: int = 0
+    url: str | Path, out: str | Path | None = None, run_id: str | None = None, n_boot: int = 1000, seed: int = 0,
+    metric: str | None = None,
 ) -> Report:
     """Write `<out>/report.md`, the same as one self-contained `<out>/report.html`, `<out>/cells.csv` and the plots
-    (PNG, SVG and PDF of each) for the store at `url`; returns what it wrote. `seed` also picks the examples."""
+    (PNG, SVG and PDF of each) for the store at `url`; returns what it wrote. `seed` also picks the examples;
+    `metric`: count this metric's scores where stored (e.g. one `harness rescore` or `tune-filter --metric` added;
+    default the judge's, else the first metric by name)."""
     from harness.results import load
     from harness.store.redact import redact_url
 
@@ -90,7 +93,7 @@ def build_report(
     folder = Path(out) if out is not None else default_out_dir(url)
     folder.mkdir(parents=True, exist_ok=True)
     infos = model_infos(frames["models"])
-    cells, preds, choice = cell_frame(frames, run_id, infos)
+    cells, preds, choice = cell_frame(frames, run_id, infos, metric=metric)
     cells.insert(1, "label", cell_labels(cells))
     labels = dict(zip(cells["cell_id"].astype(str), cells["label"], strict=True))
     cells.to_csv(folder / "cells.csv", index=False)

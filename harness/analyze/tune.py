@@ -122,7 +122,7 @@ def pareto_plot(path: Path, rates: Sequence[float], accs: Sequence[float], label
     """Accuracy against compression rate, one marker per point, the Pareto front as a step line and an optional
     reference curve (the ib-oracle's points); PNG, SVG and PDF."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(8.4, 4.2), dpi=110)
     r, a = np.asarray(rates, dtype=float), np.asarray(accs, dtype=float)
     for x, y, lab in zip(r, a, labels, strict=True):
         ax.scatter([x], [y], s=28, zorder=3, label=lab)
@@ -134,12 +134,15 @@ def pareto_plot(path: Path, rates: Sequence[float], accs: Sequence[float], label
         ref = sorted(reference)
         ax.plot([p[0] for p in ref], [p[1] for p in ref], linestyle=(0, (4, 2)), color="tab:red", marker="x",
                 label="ib-oracle")
-    ax.set_xlabel("compression rate (compressed / retrieved tokens)")
+    ax.set_xlabel("compression rate (compressed / retrieved tokens; log scale above 0.01)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlim(left=0.0)
+    # rates span 0 (abstain) to 1 (every passage): log above 0.01 keeps the sentence-level filters apart
+    ax.set_xscale("symlog", linthresh=0.01, linscale=0.5)
+    ax.set_xlim(-0.001, 1.3)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=6, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.tight_layout()
     return save_figure(fig, path)
 
 
@@ -164,21 +167,24 @@ def filter_section(frames: dict[str, pd.DataFrame], cells: pd.DataFrame, folder:
         return L
     backend = frames["models"].set_index("model_id")["backend"]
     fc = cells[cells["compressor_model_id"].notna()]
+    # a filter/ compressor, or any compressor tune-filter labelled as a setting (the abstractive LM filter)
     # astype(bool): on no rows, map gives an object Series, which pandas would read as column labels
-    fc = fc[fc["compressor_model_id"].map(lambda m: backend.get(int(m)) == "filter").astype(bool)]
+    labelled = fc["knobs"].map(lambda k: isinstance(k, str) and k.startswith("filter=")).astype(bool)
+    fc = fc[fc["compressor_model_id"].map(lambda m: backend.get(int(m)) == "filter").astype(bool) | labelled]
     fc = fc[fc["token_ratio"].notna() & fc["accuracy"].notna()]
     if fc.empty:
         return L
-    L += ["## Filters: accuracy vs compression rate", ""]
-    for task, g in fc.groupby("task", sort=True):
+    L += ["## Filters: accuracy vs compression rate", "", "One plot per task and run (a tune-filter's dev and test "
+          "splits are runs of their own).", ""]
+    for (task, rid), g in fc.groupby(["task", "run_id"], sort=True):
         labels = [k.removeprefix("filter=") if isinstance(k, str) and k.startswith("filter=") else str(c)
                   for c, k in zip(g["compressor"], g["knobs"], strict=True)]
-        labels = [f"{lab} ({rid})" for lab, rid in zip(labels, g["run_id"], strict=True)]
-        fname = f"pareto-{slug(str(task))}"
+        fname = f"pareto-{slug(str(task))}" + ("" if fc[fc["task"] == task]["run_id"].nunique() == 1
+                                                else f"-{slug(str(rid))}")
         plots += pareto_plot(folder / fname, g["token_ratio"].tolist(), g["accuracy"].tolist(), labels,
-                             f"{task}: filter cells")
+                             f"{task}: filter cells of run {rid} ({int(g['n'].max())} samples)")
         front = pareto_front(g["token_ratio"], g["accuracy"])
-        L.append(f"### {task}")
+        L.append(f"### {task}, run {rid}")
         L.append("")
         L.append(md_table(["cell", "rate", "accuracy", "on front"],
                           [[str(c), _f(r), _f(a), "yes" if f else ""] for c, r, a, f in
