@@ -127,9 +127,11 @@ def pareto_plot(path: Path, rates: Sequence[float], accs: Sequence[float], label
     for x, y, lab in zip(r, a, labels, strict=True):
         ax.scatter([x], [y], s=28, zorder=3, label=lab)
     front = pareto_front(r, a)
-    if front.any():
+    if front.any():  # ringed points joined by a step line (one point alone is still ringed)
         idx = np.argsort(r[front])
-        ax.step(r[front][idx], a[front][idx], where="post", color="0.2", linewidth=1.2, label="Pareto front")
+        ax.step(r[front][idx], a[front][idx], where="post", color="0.2", linewidth=1.2)
+        ax.scatter(r[front][idx], a[front][idx], s=90, facecolors="none", edgecolors="0.2", linewidths=1.2,
+                   zorder=4, label="Pareto front")
     if len(reference):
         ref = sorted(reference)
         ax.plot([p[0] for p in ref], [p[1] for p in ref], linestyle=(0, (4, 2)), color="tab:red", marker="x",
