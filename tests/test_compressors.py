@@ -111,7 +111,9 @@ def test_python_spec_config_rules():
         parse(compressor={"model": "python/just_a_module"})
     with pytest.raises(UserError, match=re.escape("models.predictor.model: 'python/m:f' is a python/ compressor")):
         parse(predictor={"model": "python/m:f"})
-    with pytest.raises(UserError, match=re.escape("options are the keyword arguments of a python/ compressor")):
+    # an LM compressor takes only its own knobs (harness.compressors.lm), never a python/ compressor's kwargs
+    with pytest.raises(UserError, match=re.escape("options.k: an LM compressor ('gguf/smollm2-135m') takes only "
+                                                  "max_words, ib_terms")):
         parse(compressor={"model": "gguf/smollm2-135m", "options": {"k": 1}})
     with pytest.raises(UserError, match=re.escape("cannot score its own output ('self'); set models.scorer")):
         parse_config({**base, "models": {**base["models"], "compressor": {"model": EXAMPLE}},

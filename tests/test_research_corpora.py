@@ -134,7 +134,9 @@ def test_hotpotqa_config_names_a_missing_file(tmp_path: Path, capsys: pytest.Cap
     assert len(docs) == len({d.id for s in ss for d in s.documents}) < sum(len(s.documents) for s in ss)
     if (ROOT / "data" / "hotpotqa" / "hotpot_dev_distractor_v1.json").exists():
         pytest.skip("a real HotpotQA file sits at the placeholder path")
-    rc = main(["run", str(HP_CONFIG), "-q", "--set", f"output.dir={tmp_path / 'out'}",
+    # models every test machine has fetched: a missing pack (checked before the task) must not hide the path error
+    rc = main(["run", str(HP_CONFIG), "-q", "--set", "models.predictor.model=gguf/smollm2-135m",
+               "--set", "research.compressors=[gguf/smollm2-135m]", "--set", f"output.dir={tmp_path / 'out'}",
                "--set", f"output.store={tmp_path / 's.db'}", "--set", f"output.cache={tmp_path / 'c.sqlite'}"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1
