@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,12 +224,17 @@ def flatten_knobs(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: json.dumps(d, sort_keys=True) if isinstance(d, (list, dict)) else d}
 
 
+def varying_knobs(flat: Sequence[dict[str, Any]]) -> list[str]:
+    """The flattened knobs (`flatten_knobs`) whose values differ between the dicts, sorted (pure); knob_hash only
+    identifies the compressions a cell reads, so it never counts."""
+    keys = sorted({k for f in flat for k in f})
+    return [k for k in keys if k != "knob_hash" and len({json.dumps(f.get(k), default=str) for f in flat}) > 1]
+
+
 def knob_summaries(knobs_json: pd.Series) -> list[str]:
     """Per cell, the knobs that differ between the cells ("k=v, ..."), "-" when none differ."""
     flat = [flatten_knobs(json.loads(k) if isinstance(k, str) and k else {}) for k in knobs_json]
-    keys = sorted({k for f in flat for k in f})
-    # knob_hash only identifies the compressions a cell reads; the arm and compressor columns already differ
-    varying = [k for k in keys if k != "knob_hash" and len({json.dumps(f.get(k), default=str) for f in flat}) > 1]
+    varying = varying_knobs(flat)  # the arm and compressor columns already differ
     out = []
     for f in flat:
         s = ", ".join(f"{k}={f.get(k)}" for k in varying if k in f)

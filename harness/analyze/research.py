@@ -372,7 +372,7 @@ def config_groups(frames: dict[str, pd.DataFrame], cells: pd.DataFrame) -> list[
     """The research cells by config (`research-<hash>`, the cell id's prefix), newest run first, without configs
     none of whose cells has a sample: (hash, label, cells). The label names the config's run and the settings that
     differ between the configs (pure over the frames)."""
-    from harness.analyze.frames import flatten_knobs
+    from harness.analyze.frames import flatten_knobs, varying_knobs
 
     base = cells["cell_id"].astype(str).str.split("/").str[0]
     runs = frames["runs"].set_index("run_id")
@@ -387,8 +387,7 @@ def config_groups(frames: dict[str, pd.DataFrame], cells: pd.DataFrame) -> list[
         flat[str(b)] = d
         rid = cg["run_id"].max()
         out.append((str(b), rid, cg))
-    keys = sorted({k for d in flat.values() for k in d})
-    differ = [k for k in keys if len({json.dumps(d.get(k), default=str) for d in flat.values()}) > 1]
+    differ = varying_knobs(list(flat.values()))
     res = []
     for b, rid, cg in sorted(out, key=lambda t: str(t[1]), reverse=True):
         name = runs["name"].get(rid, "") if rid in runs.index else ""
