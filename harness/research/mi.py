@@ -111,13 +111,14 @@ def research_mi(cfg: RunConfig, cell: Any, samples: Sequence[Sample], search_for
             "knob_hash": cell.knob_hash}
     sampling = {"temperature": mi.temperature, "top_p": 1.0, "top_k": 0, "samples_per_context": m}
     prompt = compress_prompt()
-    # draws: per shared subquery, M summaries per context (stored, or generated in one batch per subquery)
+    # draws: per shared subquery, M summaries per context (stored, or generated in one batch for all subqueries)
     draws: dict[str, list[list[Generation]] | str] = {}
     pseudo: dict[str, list[Sample]] = {}
+    rows_of: dict[str, list[list[Generation | None]]] = {}
+    todo: list[tuple[SharedQuery, int, int, GenRequest]] = []
     for g in shared:
         kh = f"{cell.knob_hash}/mi/{g.key}"
-        xs, rows, err = [], [], None
-        todo: list[tuple[int, int, GenRequest]] = []
+        xs, rows, err, mine = [], [], None, []
         for a, (sid, ids) in enumerate(g.contexts):
             s = by_id[sid]
             tool = search_for(s)
@@ -143,27 +144,29 @@ def research_mi(cfg: RunConfig, cell: Any, samples: Sequence[Sample], search_for
                 row.append(None)
                 params = GenParams(max_new_tokens=cfg.generation.compressor.max_new_tokens,
                                    temperature=mi.temperature, top_p=1.0, top_k=0, seed=seed)
-                todo.append((a, j, GenRequest(messages=req.messages, params=params)))
+                mine.append((g, a, j, GenRequest(messages=req.messages, params=params)))
             rows.append(row)
         if err is not None:
             draws[g.key] = err
             continue
-        if todo:
-            gens = compressor.generate([t[2] for t in todo])
-            for (a, j, r), gen in zip(todo, gens, strict=True):
-                sid = g.contexts[a][0]
-                store.add_compression(compressor_model_id=compressor_model_id, task=cfg.task.name, sample_id=sid,
-                                      knob_hash=kh, text=gen.text, sample_index=j, seed=r.params.seed,
-                                      token_ids=gen.token_ids or None, n_tokens=gen.usage.completion_tokens,
-                                      context_tokens=gen.usage.prompt_tokens, finish_reason=gen.finish_reason,
-                                      params={"kind": "research-mi", "cell_id": cell.cell_id, "group": g.group_id,
-                                              "query": g.query, "subtask": g.subtask, **sampling},
-                                      error=gen.error, run_id=run_id, usage=gen.usage,
-                                      prompt=[{"role": ro, "content": c} for ro, c in r.messages])
-                rows[a][j] = gen
-        bad = next((gen.error for row in rows for gen in row if gen is not None and gen.error), None)
-        draws[g.key] = f"a summary draw failed: {bad}" if bad else rows  # type: ignore[assignment]
+        todo += mine
+        rows_of[g.key] = rows
         pseudo[g.key] = xs
+    gens = compressor.generate([t[3] for t in todo]) if todo else []
+    for (g, a, j, r), gen in zip(todo, gens, strict=True):
+        store.add_compression(compressor_model_id=compressor_model_id, task=cfg.task.name, sample_id=g.contexts[a][0],
+                              knob_hash=f"{cell.knob_hash}/mi/{g.key}", text=gen.text, sample_index=j,
+                              seed=r.params.seed, token_ids=gen.token_ids or None,
+                              n_tokens=gen.usage.completion_tokens, context_tokens=gen.usage.prompt_tokens,
+                              finish_reason=gen.finish_reason,
+                              params={"kind": "research-mi", "cell_id": cell.cell_id, "group": g.group_id,
+                                      "query": g.query, "subtask": g.subtask, **sampling},
+                              error=gen.error, run_id=run_id, usage=gen.usage,
+                              prompt=[{"role": ro, "content": c} for ro, c in r.messages])
+        rows_of[g.key][a][j] = gen
+    for k, rows in rows_of.items():
+        bad = next((gen.error for row in rows for gen in row if gen is not None and gen.error), None)
+        draws[k] = f"a summary draw failed: {bad}" if bad else rows  # type: ignore[assignment]
     pooled = []
     for label, scorer, scorer_id in scorers:
         exact = scorer is compressor
